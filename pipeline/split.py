@@ -1,0 +1,244 @@
+"""Split sources into clips: scene detection, span planning, frame-accurate cuts.
+
+Incremental: scene detection results are kept per source and detector settings, and a
+clip already on disk whose bytes still match its recorded sha256 is kept as it is, so a
+re-run after adding one video only works on that video.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from pipeline import schemas
+from pipeline.cutting import CutError, Encoding, cut_clip
+from pipeline.fsutil import atomic_path, sha256_file, sha256_json, write_text_atomic
+from pipeline.probe import frame_times
+from pipeline.scenes import detect_scenes, make_detector
+from pipeline.spans import Span, plan_spans
+
+log = logging.getLogger(__name__)
+
+SCENE_CACHE = ".scenes"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    detector: str = "adaptive"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    min_scene_len: int = 15
+    min_s: float = 1.0
+    max_s: float = 10.0
+    trim_frames: int = 1
+    fps: float | None = None  # resample clips to this frame rate; None keeps the source's
+    encoding: Encoding = Encoding()
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> "SplitConfig":
+        det = p.get("detector", "adaptive")
+        return cls(
+            detector=det,
+            detector_options=dict((p.get("detectors") or {}).get(det) or {}),
+            min_scene_len=int(p.get("min_scene_len", 15)),
+            min_s=float(p.get("min_s", 1.0)),
+            max_s=float(p.get("max_s", 10.0)),
+            trim_frames=int(p.get("trim_frames", 1)),
+            fps=float(p["fps"]) if p.get("fps") else None,
+            encoding=Encoding(
+                codec=p.get("codec", "libx264"),
+                crf=int(p.get("crf", 18)),
+                preset=p.get("preset", "veryfast"),
+                pix_fmt=p.get("pix_fmt", "yuv420p"),
+            ),
+        )
+
+    def detector_key(self) -> str:
+        return sha256_json(
+            {"detector": self.detector, "options": self.detector_options, "min_scene_len": self.min_scene_len}
+        )[:16]
+
+
+def make_clip_id(source_id: str, start: int, end: int, cfg: SplitConfig, rotation: int, kind: str = "video") -> str:
+    """Deterministic id from the source, the span and every param that changes the clip's pixels."""
+    return sha256_json(
+        {
+            "source_id": source_id,
+            "kind": kind,
+            "span": [start, end],
+            "fps": cfg.fps if kind == "video" else None,
+            "rotation": rotation,
+            "encoding": cfg.encoding.as_key() if kind == "video" else "png-rgb",
+        }
+    )[:16]
+
+
+def _row(source: dict, cid: str, span: Span, times: list[float], path: Path, cfg: SplitConfig) -> dict:
+    step = 1.0 / source["fps"] if source["fps"] else 0.0
+    end_s = times[span.end] if span.end < len(times) else (times[-1] + step if times else 0.0)
+    return {
+        "clip_id": cid,
+        "source_id": source["source_id"],
+        "source_path": source["path"],
+        "kind": source["kind"],
+        "scene_index": span.scene_index,
+        "start_frame": span.start,
+        "end_frame": span.end,
+        "start_s": times[span.start] if times else 0.0,
+        "end_s": end_s,
+        "n_frames": 0,
+        "fps": source["fps"],
+        "resampled": bool(cfg.fps) and source["kind"] == "video",
+        "rotation_applied": source["rotation"],
+        "width": 0,
+        "height": 0,
+        "path": path.as_posix(),
+        "sha256": "",
+        "status": "ok",
+        "reason": "",
+    }
+
+
+def error_row(source: dict, reason: str) -> dict:
+    """A clips row recording that a whole source failed to split."""
+    row = _row(source, sha256_json({"source_id": source["source_id"], "error": True})[:16],
+               Span(-1, 0, 0), [], Path(""), SplitConfig())
+    row.update(status="error", reason=reason, resampled=False)
+    return row
+
+
+def _scenes_cached(src: Path, source: dict, clips_dir: Path, cfg: SplitConfig) -> list[tuple[int, int]]:
+    cache = clips_dir / SCENE_CACHE / f"{source['source_id']}-{cfg.detector_key()}.json"
+    if cache.exists():
+        return [tuple(s) for s in json.loads(cache.read_text())]
+    detector = make_detector(cfg.detector, cfg.min_scene_len, cfg.detector_options)
+    scenes = detect_scenes(src, detector)
+    write_text_atomic(cache, json.dumps(scenes))
+    return scenes
+
+
+def _reusable(prev: dict | None, path: Path) -> bool:
+    return bool(prev) and prev["status"] == "ok" and path.exists() and sha256_file(path) == prev["sha256"]
+
+
+def split_image(source: dict, raw_root: Path, clips_dir: Path, cfg: SplitConfig, previous: dict[str, dict]) -> list[dict]:
+    """An image source becomes one one-frame clip: an upright RGB PNG."""
+    cid = make_clip_id(source["source_id"], 0, 1, cfg, source["rotation"], kind="image")
+    dst = clips_dir / f"{cid}.png"
+    prev = previous.get(cid)
+    if _reusable(prev, dst):
+        return [prev]
+    row = _row(source, cid, Span(0, 0, 1), [0.0], dst, cfg)
+    with Image.open(raw_root / source["path"]) as im:
+        upright = ImageOps.exif_transpose(im).convert("RGB")
+    with atomic_path(dst) as tmp:
+        upright.save(tmp, format="PNG")
+    row.update(n_frames=1, fps=0.0, end_s=0.0, width=upright.width, height=upright.height, sha256=sha256_file(dst))
+    return [row]
+
+
+def split_source(
+    source: dict, raw_root: str | os.PathLike, clips_dir: str | os.PathLike, cfg: SplitConfig,
+    previous: dict[str, dict] | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Clip rows for one ``ok`` source, and log lines (dropped scenes, failed clips).
+
+    A clip that fails to cut becomes an ``error`` row naming the clip; the other clips go on.
+    """
+    raw_root, clips_dir = Path(raw_root), Path(clips_dir)
+    previous = previous or {}
+    notes: list[str] = []
+    if source["kind"] == "image":
+        return split_image(source, raw_root, clips_dir, cfg, previous), notes
+    src = raw_root / source["path"]
+    times = frame_times(src)
+    n = len(times)
+    scenes = _scenes_cached(src, source, clips_dir, cfg)
+    spans, dropped = plan_spans(scenes, n, source["fps"], cfg.min_s, cfg.max_s, cfg.trim_frames)
+    notes += [f"{source['path']}: skipped {d}" for d in dropped]
+    rows = []
+    for span in spans:
+        cid = make_clip_id(source["source_id"], span.start, span.end, cfg, source["rotation"])
+        dst = clips_dir / f"{cid}.mp4"
+        prev = previous.get(cid)
+        if _reusable(prev, dst):
+            rows.append(prev)
+            continue
+        row = _row(source, cid, span, times, dst, cfg)
+        try:
+            got, w, h, fps = cut_clip(src, dst, times, span.start, span.end, cfg.encoding, cfg.fps, clip_id=cid)
+            row.update(n_frames=got, width=w, height=h, fps=fps, sha256=sha256_file(dst))
+        except CutError as exc:
+            row.update(status="error", reason=str(exc))
+            notes.append(f"{source['path']}: {exc}")
+        rows.append(row)
+    return rows, notes
+
+
+def _split_one(args) -> tuple[str, list[dict], list[str]]:
+    source, raw_root, clips_dir, cfg, previous = args
+    try:
+        rows, notes = split_source(source, raw_root, clips_dir, cfg, previous)
+    except Exception as exc:  # noqa: BLE001 - one bad source must not stop the batch
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = f"split failed: {type(exc).__name__}: {msg}"
+        return source["path"], [error_row(source, reason)], [f"{source['path']}: {reason}"]
+    return source["path"], rows, notes
+
+
+def split_sources(
+    sources: pl.DataFrame,
+    raw_root: str | os.PathLike,
+    clips_dir: str | os.PathLike,
+    cfg: SplitConfig,
+    previous: pl.DataFrame | None = None,
+    jobs: int = 1,
+    prune: bool = True,
+) -> pl.DataFrame:
+    """Split every ``ok`` source; return the clips table (sorted by source path and start frame).
+
+    With ``prune``, clip files in ``clips_dir`` that the new table does not name are removed.
+    """
+    clips_dir = Path(clips_dir)
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    ok = sources.filter(pl.col("status") == "ok").to_dicts()
+    prev_by_source: dict[str, dict[str, dict]] = {}
+    if previous is not None and previous.height:
+        for r in previous.to_dicts():
+            prev_by_source.setdefault(r["source_id"], {})[r["clip_id"]] = r
+    tasks = [(s, str(raw_root), str(clips_dir), cfg, prev_by_source.get(s["source_id"], {})) for s in ok]
+    rows: list[dict] = []
+    bar = tqdm(total=len(tasks), desc="split", unit="video")
+    if jobs <= 1 or len(tasks) <= 1:
+        results = (_split_one(t) for t in tasks)
+        for path, r, notes in results:
+            rows += r
+            for line in notes:
+                log.warning(line)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            futures = [pool.submit(_split_one, t) for t in tasks]
+            for fut in as_completed(futures):
+                path, r, notes = fut.result()
+                rows += r
+                for line in notes:
+                    log.warning(line)
+                bar.update()
+    bar.close()
+    table = schemas.frame("clips", rows).sort(["source_path", "start_frame", "clip_id"])
+    if prune:
+        keep = {Path(p).name for p in table["path"].to_list() if p}
+        for f in clips_dir.iterdir():
+            if f.is_file() and not f.name.startswith(".") and f.name not in keep:
+                log.info("split: removing stale clip %s", f)
+                f.unlink()
+    return table

@@ -1,0 +1,31 @@
+"""DVC stage: split the ok sources into clips under data/clips and data/clips.parquet."""
+
+import logging
+import sys
+from pathlib import Path
+
+from pipeline import schemas
+from pipeline.logs import setup_logging
+from pipeline.params import load_params, resolve_jobs
+from pipeline.split import SplitConfig, split_sources
+
+SOURCES = "data/sources.parquet"
+OUT = "data/clips.parquet"
+CLIPS_DIR = "data/clips"
+
+
+def main() -> int:
+    setup_logging()
+    raw_dir = load_params("probe")["raw_dir"]
+    p = load_params("split")
+    sources = schemas.read_table(SOURCES, "sources")
+    previous = schemas.read_table(OUT, "clips") if Path(OUT).exists() else None
+    table = split_sources(sources, raw_dir, CLIPS_DIR, SplitConfig.from_params(p), previous, jobs=resolve_jobs(p.get("jobs")))
+    schemas.write_table(table, OUT, "clips")
+    ok = table.filter(table["status"] == "ok").height
+    logging.getLogger("split").info("%d clips ok, %d errors -> %s", ok, table.height - ok, OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
