@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pipeline.samples import sample_video  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bikes() -> Path:
+    return sample_video("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def carphone() -> Path:
+    return sample_video("carphone_pristine.mp4")
+
+
+@pytest.fixture(scope="session")
+def bunny() -> Path:
+    return sample_video("bigbuckbunny.mp4")
