@@ -31,7 +31,7 @@ def _expand(inputs: list[str]) -> tuple[list[Path], Path]:
 
 
 def _print(df: pl.DataFrame, columns: list[str]) -> None:
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=160, tbl_width_chars=400):
         print(df.select(columns))
 
 
@@ -42,7 +42,8 @@ def probe_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     paths, root = _expand(args.inputs)
     table = probe_paths(paths, root)
-    _print(table, ["path", "kind", "codec", "width", "height", "rotation", "fps", "vfr", "n_frames",
+    shown = table.with_columns(pl.Series("path", [os.path.relpath(p) for p in paths]))
+    _print(shown, ["path", "kind", "codec", "width", "height", "rotation", "fps", "vfr", "n_frames",
                    "duration_s", "has_audio", "status", "reason"])
     if args.out:
         schemas.write_table(table, args.out, "sources")

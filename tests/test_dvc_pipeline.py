@@ -1,0 +1,60 @@
+"""The whole DVC pipeline on the sample videos, in a fresh copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import schemas
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy_repo(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _run(argv, cwd, env):
+    out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{argv} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    work = tmp_path_factory.mktemp("repo")
+    _copy_repo(work)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for argv in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
+        _run(argv, work, env)
+    _run([sys.executable, "-m", "pipeline.cli", "fetch-samples", "data/raw"], work, env)
+    first = _run(["dvc", "repro"], work, env)
+    second = _run(["dvc", "repro"], work, env)
+    return work, first, second, env
+
+
+def test_repro_builds_sources_and_clips(repro):
+    work, first, _, _ = repro
+    sources = schemas.read_table(work / "data/sources.parquet", "sources")
+    assert sorted(sources["path"]) == ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
+    assert sources["status"].to_list() == ["ok"] * 3
+    clips = schemas.read_table(work / "data/clips.parquet", "clips")
+    ok = clips.filter(pl.col("status") == "ok")
+    assert ok.height >= 7
+    assert all((work / p).exists() for p in ok["path"])
+
+
+def test_second_repro_has_nothing_to_do(repro):
+    _, _, second, _ = repro
+    assert "Data and pipelines are up to date" in second, second

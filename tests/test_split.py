@@ -1,0 +1,160 @@
+import shutil
+import subprocess
+
+import numpy as np
+import polars as pl
+import pytest
+
+import pipeline.split as split_mod
+from media import decode_all, scenes_video, textured, write_video
+from pipeline import schemas
+from pipeline.cutting import Encoding, ffmpeg_binary
+from pipeline.probe_table import probe_folder
+from pipeline.scenes import detect_scenes, make_detector
+from pipeline.spans import Span, plan_spans
+from pipeline.split import SplitConfig, make_clip_id, split_sources
+from test_probe import make_bad_inputs
+
+
+def test_plan_spans_trims_cuts_and_caps_length():
+    scenes = [(0, 30), (30, 200), (200, 212)]
+    spans, dropped = plan_spans(scenes, 212, fps=25, min_s=1.0, max_s=2.0, trim_frames=1)
+    # scene 0: 0..29 (1.16 s); scene 1: 31..199 cut into 50-frame pieces, tail 19 frames dropped
+    assert spans == [Span(0, 0, 29), Span(1, 31, 81), Span(1, 81, 131), Span(1, 131, 181)]
+    assert len(dropped) == 2 and "tail" in dropped[0] and "scene 2" in dropped[1]
+
+
+def test_plan_spans_whole_video_when_no_cut():
+    spans, dropped = plan_spans([], 120, fps=30, min_s=1.0, max_s=10.0, trim_frames=2)
+    assert spans == [Span(0, 0, 120)] and dropped == []
+
+
+def test_bikes_cuts_with_default_params(bikes):
+    cfg = SplitConfig()
+    scenes = detect_scenes(bikes, make_detector(cfg.detector, cfg.min_scene_len, {}))
+    cuts = [s for s, _ in scenes][1:]
+    expected = [30, 76, 137, 187, 242]
+    assert len(cuts) == len(expected)
+    for got, want in zip(cuts, expected):
+        assert abs(got - want) <= 1, (cuts, expected)
+
+
+def test_synthetic_cuts_and_fade(tmp_path):
+    path, cuts = scenes_video(tmp_path / "syn.mp4", [40, 30, 50], fade_into=2)
+    scenes = detect_scenes(path, make_detector("adaptive", 15, {}))
+    found = [s for s, _ in scenes][1:]
+    assert found == cuts  # [40, 70]: a hard cut, then a cut into a fade from black
+
+
+def _split(raw, out, cfg=None, previous=None, jobs=1):
+    sources = probe_folder(raw)
+    return sources, split_sources(sources, raw, out, cfg or SplitConfig(), previous, jobs=jobs)
+
+
+def test_split_bikes_clips_match_source_frames(tmp_path, bikes):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(bikes, raw / "bikes.mp4")
+    _, clips = _split(raw, tmp_path / "clips")
+    schemas.validate(clips, "clips")
+    ok = clips.filter(pl.col("status") == "ok")
+    assert ok.select("start_frame", "end_frame").rows() == [(0, 29), (31, 75), (77, 136), (138, 186), (188, 241)]
+    src = decode_all(bikes)
+    for row in ok.to_dicts():
+        frames = decode_all(row["path"])
+        assert len(frames) == row["n_frames"] == row["end_frame"] - row["start_frame"]
+        assert (row["width"], row["height"], row["fps"]) == (640, 272, 25.0)
+        for i in (0, len(frames) // 2, len(frames) - 1):
+            diff = np.abs(frames[i].astype(np.int16) - src[row["start_frame"] + i].astype(np.int16)).mean()
+            # the matching source frame is far closer than its neighbours (frame-accurate cut)
+            assert diff < 6.0, (row["clip_id"], i, diff)
+        first, prev = frames[0].astype(np.int16), src[max(row["start_frame"] - 1, 0)].astype(np.int16)
+        if row["start_frame"] > 0:
+            assert np.abs(first - prev).mean() > 2 * np.abs(first - src[row["start_frame"]]).mean()
+
+
+def test_bad_inputs_do_not_stop_the_batch(tmp_path, bikes, carphone):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    make_bad_inputs(raw, bikes)
+    shutil.copy(carphone, raw / "carphone.mp4")
+    sources, clips = _split(raw, tmp_path / "clips", jobs=2)
+    assert sources.filter(pl.col("status") == "rejected").height == 5
+    assert clips["source_path"].unique().to_list() == ["carphone.mp4"]
+    assert clips["status"].to_list() == ["ok"]
+
+
+def test_rerun_is_incremental(tmp_path, bikes, carphone, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "carphone.mp4")
+    out = tmp_path / "clips"
+    _, first = _split(raw, out)
+    calls = []
+    real_cut = split_mod.cut_clip
+    monkeypatch.setattr(split_mod, "cut_clip", lambda *a, **k: calls.append(a[1]) or real_cut(*a, **k))
+    monkeypatch.setattr(split_mod, "detect_scenes", lambda *a, **k: pytest.fail("scene detection re-ran"))
+    _, again = _split(raw, out, previous=first)
+    assert calls == [] and again.equals(first)
+    # a new video: only it is detected and cut
+    shutil.copy(bikes, raw / "bikes.mp4")
+    monkeypatch.setattr(split_mod, "detect_scenes", detect_scenes)
+    _, third = _split(raw, out, previous=again)
+    assert len(calls) == 5 and all("carphone" not in str(c) for c in calls)
+    assert third.filter(pl.col("source_path") == "carphone.mp4").equals(first)
+    # a clip file damaged on disk is cut again
+    damaged = third.filter(pl.col("source_path") == "bikes.mp4").row(0, named=True)
+    with open(damaged["path"], "ab") as f:
+        f.write(b"junk")
+    calls.clear()
+    _split(raw, out, previous=third)
+    assert len(calls) == 1
+
+
+def test_clip_id_depends_on_pixel_params():
+    cfg = SplitConfig()
+    a = make_clip_id("s" * 64, 0, 10, cfg, 0)
+    assert a == make_clip_id("s" * 64, 0, 10, SplitConfig(), 0)
+    assert a != make_clip_id("s" * 64, 0, 10, SplitConfig(encoding=Encoding(crf=23)), 0)
+    assert a != make_clip_id("s" * 64, 0, 10, SplitConfig(fps=16.0), 0)
+    assert a != make_clip_id("s" * 64, 1, 10, cfg, 0)
+    # detector settings change spans, not the pixels of a given span
+    assert a == make_clip_id("s" * 64, 0, 10, SplitConfig(detector="content"), 0)
+
+
+def test_rotated_source_gives_upright_clip(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    src = write_video(tmp_path / "plain.mp4", [textured(64, 96, i % 3) for i in range(40)])
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(src), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(raw / "rot.mp4")], check=True)
+    _, clips = _split(raw, tmp_path / "clips")
+    row = clips.row(0, named=True)
+    assert row["status"] == "ok" and row["rotation_applied"] in (90, 270)
+    assert (row["width"], row["height"]) == (64, 96)
+
+
+def test_resample_to_target_fps(tmp_path, carphone):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "carphone.mp4")
+    _, clips = _split(raw, tmp_path / "clips", cfg=SplitConfig(fps=16.0))
+    row = clips.row(0, named=True)
+    assert row["status"] == "ok" and row["resampled"] and row["fps"] == 16.0
+    assert row["n_frames"] == int(120 / (30000 / 1001) * 16) == len(decode_all(row["path"]))
+
+
+def test_frame_count_mismatch_is_an_error_naming_the_clip(tmp_path, carphone, monkeypatch):
+    import pipeline.cutting as cutting
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "carphone.mp4")
+    real = cutting.cut_argv
+    # ffmpeg writes one frame fewer than the span holds
+    monkeypatch.setattr(cutting, "cut_argv", lambda src, dst, seek, n, *a, **k: real(src, dst, seek, n - 1, *a, **k))
+    _, clips = _split(raw, tmp_path / "clips")
+    row = clips.row(0, named=True)
+    assert row["status"] == "error"
+    assert row["clip_id"] in row["reason"] and "decoded 119 frames" in row["reason"]
+    assert not (tmp_path / "clips" / f"{row['clip_id']}.mp4").exists()
