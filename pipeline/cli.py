@@ -10,7 +10,7 @@ from pipeline.logs import setup_logging
 
 # name -> ("module:function", one-line help). The function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-samples": ("pipeline.samples:main", "copy the bundled sample videos into data/raw"),
+    "fetch-samples": ("pipeline.samples:main", "copy the bundled sample videos and photos into data/raw"),
     "probe": ("pipeline.curate_cli:probe_main", "probe videos and images, print a table"),
     "split": ("pipeline.curate_cli:split_main", "split videos into clips: DIR/clips.parquet + clip files"),
 }

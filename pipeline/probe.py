@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import median
 
 import av
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.fsutil import sha256_file
 
@@ -153,11 +153,10 @@ def probe_image(path: Path, row: dict) -> dict:
         row["container"] = (im.format or "").lower()
         row["codec"] = im.mode
         exif_orientation = im.getexif().get(0x0112, 1)
-        im.load()  # raises on truncated data
-        upright = ImageOps.exif_transpose(im)
+        im.load()  # decodes every pixel: raises on truncated data
         row["width"], row["height"] = im.size
-        row["rotation"] = {3: 180, 6: 90, 8: 270}.get(exif_orientation, 0)
-        del upright
+        # EXIF orientation as a clockwise display rotation (mirrored orientations count as their rotation)
+        row["rotation"] = {3: 180, 4: 180, 5: 90, 6: 90, 7: 270, 8: 270}.get(exif_orientation, 0)
     row["fps"] = 0.0
     row["n_frames"] = 1
     row["duration_s"] = 0.0

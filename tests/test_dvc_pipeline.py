@@ -47,11 +47,13 @@ def repro(tmp_path_factory):
 def test_repro_builds_sources_and_clips(repro):
     work, first, _, _ = repro
     sources = schemas.read_table(work / "data/sources.parquet", "sources")
-    assert sorted(sources["path"]) == ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
-    assert sources["status"].to_list() == ["ok"] * 3
+    assert sorted(sources["path"]) == ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4",
+                                       "photos/astronaut.png", "photos/chelsea.png", "photos/coffee.png"]
+    assert sources["status"].to_list() == ["ok"] * 6
     clips = schemas.read_table(work / "data/clips.parquet", "clips")
     ok = clips.filter(pl.col("status") == "ok")
-    assert ok.height >= 7
+    assert ok.filter(pl.col("kind") == "video").height >= 7
+    assert ok.filter(pl.col("kind") == "image").height == 3
     assert all((work / p).exists() for p in ok["path"])
 
 
