@@ -21,6 +21,13 @@ class Profile:
     vae_scale_spatial: int = 8
     vae_scale_temporal: int = 4
     max_text_tokens: int = 512
+    # Conditioning: "t2v" (text only), "i2v" (first frame as VAE latents + mask, Wan 2.1 also a
+    # CLIP vision embedding), "ti2v" (Wan 2.2 5B: first latent frame replaced by the image's).
+    task: str = "t2v"
+    image_encoder: bool = False  # Wan 2.1 I2V: CLIP vision embedding of the first frame
+    # Wan 2.2 A14B: two experts; "transformer" denoises t >= boundary_ratio, "transformer_2" below.
+    experts: tuple[str, ...] = ("transformer",)
+    boundary_ratio: float | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -32,6 +39,9 @@ PROFILES: dict[str, Profile] = {
     "wan2.1-t2v-1.3b": Profile("wan2.1-t2v-1.3b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 16, 4096),
     "wan2.1-t2v-14b": Profile("wan2.1-t2v-14b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 16, 4096),
 }
+
+# A profile's family says which latents and conditioning it can train on: latents cached
+# with one family's VAE are never used with another family's transformer.
 
 
 def get_profile(name: str, path: str | None = None) -> Profile:
