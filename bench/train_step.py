@@ -1,0 +1,150 @@
+"""The project's LoRA training step at real Wan 2.1 sizes: peak memory and seconds per step.
+
+Random-initialised transformers at the real 1.3B / 14B shapes (no weights needed to measure
+memory and time), set up exactly as the train stage sets them up (``pipeline.train.loop``:
+peft ``add_adapter`` LoRA r32 on attention + FFN in float32, bf16 or fp8-stored base weights,
+gradient checkpointing, the optimizer the stage picks) and stepped with the stage's own
+``micro_step`` / ``optimizer_step`` on cached-style inputs (latents + padded prompt embeddings).
+Before stepping it prints the stage's pre-run estimate, so the two can be compared.
+
+Compare with ``../shared/bench/wan_lora_vram.py`` (naive diffusers + peft) on the same card,
+same call: the baseline's figures are in ``bench/baseline-h200.jsonl`` of the shared folder.
+
+  python bench/train_step.py                         # 1.3b, 14b, 14b_fp8 at 480x832x81 on a GPU
+  python bench/train_step.py --cases 1.3b --steps 4
+  python bench/train_step.py --tiny                  # CPU smoke test of the same code
+
+Each case prints one JSON line and appends it to $OUT/train_step.jsonl (partial results
+survive a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.models.transformer import build_on_device, transformer_config
+from pipeline.train.config import TrainConfig
+from pipeline.train.estimate import ModelSize, estimate_step, video_tokens
+from pipeline.train.loop import make_optimizer, micro_step, optimizer_step, resolve_storage, setup_lora_training
+
+
+def run_case(name: str, args, device: torch.device) -> dict:
+    size = "tiny" if args.tiny else name.split("_")[0]
+    fp8 = name.endswith("fp8")
+    frames, height, width = (9, 64, 64) if args.tiny else (args.frames, args.height, args.width)
+    text_dim, text_len = (32, 16) if args.tiny else (4096, 512)
+    latent = [16, (frames - 1) // 4 + 1, height // 8, width // 8]
+    cfg = TrainConfig(rank=32, alpha=32, base_storage="fp8" if fp8 else "bf16", optimizer=args.optimizer,
+                      timestep_sampling="sigmoid", progress=False)
+    storage, compute = resolve_storage(cfg.base_storage, device)
+    rec = {"case": name, "frames": frames, "h": height, "w": width, "latent": [1, *latent], "storage": storage}
+
+    t0 = time.time()
+    model = build_on_device(transformer_config(size, 16, text_dim), compute, device)
+    model.requires_grad_(False)
+    setup_lora_training(model, cfg, storage, compute)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, is_8bit = make_optimizer(cfg, params, device)
+    from diffusers.optimization import get_scheduler
+
+    scheduler = get_scheduler("constant", optimizer)
+    size_info = ModelSize.of(model)
+    est = estimate_step(size_info, video_tokens(latent), text_len, 1, storage, True, is_8bit,
+                        torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    print(f"# {name}: {est.describe()}", flush=True)
+    rec.update(params_total=size_info.base_params + size_info.lora_params, params_lora=size_info.lora_params,
+               optimizer_8bit=is_8bit, build_s=round(time.time() - t0, 1),
+               estimate_peak_gb=round(est.peak_gib, 2), estimate_step_s=round(est.step_s, 3))
+    if device.type == "cuda":
+        rec["weights_resident_gb"] = round(torch.cuda.memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    g = torch.Generator(device).manual_seed(0)
+    latents = torch.randn([1, *latent], generator=g, device=device)
+    text = torch.zeros(1, text_len, text_dim, device=device)
+    text[:, :100] = torch.randn(1, min(100, text_len), text_dim, generator=g, device=device)[:, :text_len]
+    sampler = cfg.sampler()
+    times, loss = [], 0.0
+    steps = max(2, args.steps - 1) if size == "14b" else args.steps
+    for _ in range(steps + 1):
+        sync(device)
+        t1 = time.time()
+        loss = micro_step(model, latents, text, sampler, g, compute)
+        optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
+        sync(device)
+        times.append(time.time() - t1)
+    steady = times[1:]
+    rec.update(first_step_s=round(times[0], 2), step_s_median=round(statistics.median(steady), 3),
+               step_s_min=round(min(steady), 3), loss=round(loss, 4))
+    if device.type == "cuda":
+        rec["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    else:
+        import resource
+
+        rec["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    del model, optimizer, params, latents, text
+    return rec
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny model and shapes (CPU smoke test)")
+    ap.add_argument("--cases", default="1.3b,14b,14b_fp8", help="comma list of 1.3b, 14b, 14b_fp8 (default all)")
+    ap.add_argument("--fp8", action="store_true", help="run only the fp8 variant of each case")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps after a warm-up step (default 4)")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "auto"],
+                    help="adamw matches the baseline (default); auto = the stage's default")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    out = Path(os.environ.get("OUT", "/tmp")) / "train_step.jsonl"
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if args.fp8:
+        cases = [c if c.endswith("fp8") else f"{c}_fp8" for c in cases]
+        cases = list(dict.fromkeys(cases))
+    if args.tiny:
+        cases = ["tiny_fp8" if c.endswith("fp8") else "tiny" for c in cases]
+        cases = list(dict.fromkeys(cases))
+    import diffusers
+    import peft
+
+    print(json.dumps({"case": "versions", "torch": torch.__version__, "diffusers": diffusers.__version__,
+                      "peft": peft.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}))
+    for name in cases:
+        try:
+            rec = run_case(name, args, device)
+        except Exception as e:  # record and go on to the next case
+            rec = {"case": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rec["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        line = json.dumps(rec)
+        print(line, flush=True)
+        with open(out, "a") as f:
+            f.write(line + "\n")
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

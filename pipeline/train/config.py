@@ -1,0 +1,95 @@
+"""The train stage's settings (``params.yaml`` group ``train``), with their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from pipeline.train.lora import DEFAULT_TARGETS
+from pipeline.train.timesteps import TimestepSampler
+
+# Settings that change how a run is recorded, not the LoRA it makes: a checkpoint written under
+# other values of these is still resumed.
+BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
+               "eval_max_samples", "eval_seed", "save_dtype", "device", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "default"
+    # LoRA
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # optimisation
+    steps: int = 200
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    optimizer: str = "auto"  # auto | adamw | adamw8bit
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler: constant, cosine, linear, ...
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # timesteps
+    timestep_sampling: str = "shift"
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigmoid_scale: float = 1.0
+    min_t: float = 0.0
+    max_t: float = 1.0
+    # memory
+    gradient_checkpointing: bool = True
+    base_storage: str = "bf16"  # bf16 | fp8 (float8_e4m3fn storage, bf16 compute) | fp32
+    device: str = "auto"
+    # data
+    repeats: dict[str, int] = field(default_factory=lambda: {"video": 1, "image": 1})
+    dataset_repeats: dict[str, int] = field(default_factory=dict)
+    image_batch_fraction: float | None = None
+    # held out + eval
+    held_out_fraction: float = 0.1
+    held_out_clips: list[str] = field(default_factory=list)
+    held_out_by: str = "clip"
+    eval_every: int = 50
+    eval_timesteps: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    eval_max_samples: int = 16
+    eval_seed: int = 0
+    # outputs
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    save_dtype: str = "bfloat16"
+    expert: str = ""  # Wan 2.2 two-expert families: "high" | "low"; "" for single-expert families
+    progress: bool = True
+
+    @classmethod
+    def from_params(cls, p: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(p) - known)
+        if unknown:
+            raise ValueError(f"params.yaml train: unknown key(s) {unknown}")
+        cfg = cls(**{k: v for k, v in p.items() if v is not None or k == "image_batch_fraction"})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.rank < 1 or self.steps < 1 or self.grad_accum < 1 or self.batch_size < 1:
+            raise ValueError("train: rank, steps, grad_accum and batch_size must be >= 1")
+        if self.base_storage not in ("bf16", "fp8", "fp32"):
+            raise ValueError(f"train.base_storage must be bf16, fp8 or fp32, got '{self.base_storage}'")
+        if self.optimizer not in ("auto", "adamw", "adamw8bit"):
+            raise ValueError(f"train.optimizer must be auto, adamw or adamw8bit, got '{self.optimizer}'")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        if self.expert not in ("", "high", "low"):
+            raise ValueError(f"train.expert must be '', 'high' or 'low', got '{self.expert}'")
+        self.sampler()  # checks the timestep settings
+
+    def sampler(self) -> TimestepSampler:
+        return TimestepSampler(self.timestep_sampling, self.shift, self.logit_mean, self.logit_std,
+                               self.sigmoid_scale, self.min_t, self.max_t)
+
+    def training_settings(self) -> dict:
+        """The settings that determine the LoRA (what a resumable checkpoint must match)."""
+        return {k: v for k, v in asdict(self).items() if k not in BOOKKEEPING}

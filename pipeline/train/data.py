@@ -1,0 +1,217 @@
+"""Training samples from the encode stage's table, the held-out split, bucket batches and collation.
+
+A batch holds samples of one kind (video or image) and one bucket shape only, so latents stack
+without padding or cropping. The order of batches is a pure function of the seed and the batch
+index: each kind has an endless stream of epochs (samples repeated per kind and per dataset,
+shuffled within each bucket, cut into batches, batches shuffled), and each draw picks the kind
+with a seeded coin. Resuming at batch ``n`` therefore needs only ``n``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import polars as pl
+import torch
+
+from pipeline.cache import CacheStore
+from pipeline.profiles import Profile
+
+log = logging.getLogger("train")
+
+KINDS = ("video", "image")
+BUCKET_COLUMNS = ("kind", "bucket_frames", "bucket_height", "bucket_width")
+
+
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) from ``text`` (the same on every machine and run)."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:15], 16) / 16**15
+
+
+def check_profile(encoded: pl.DataFrame, profile: Profile, where: str = "encoded.parquet") -> None:
+    """Refuse latents or prompt embeddings that do not fit the profile's transformer."""
+    families = sorted(set(encoded["family"].to_list()))
+    if families and families != [profile.family]:
+        raise ValueError(f"{where}: samples are of family {families}, model profile '{profile.name}' is '{profile.family}' "
+                         "(re-run the encode stage with this profile)")
+    for shape in encoded["latent_shape"].to_list():
+        if shape[0] != profile.latent_channels:
+            raise ValueError(f"{where}: latents have {shape[0]} channels, profile '{profile.name}' needs {profile.latent_channels}")
+    for shape in encoded["text_shape"].to_list():
+        if shape[1] != profile.text_dim:
+            raise ValueError(f"{where}: prompt embeddings are {shape[1]} wide, profile '{profile.name}' needs {profile.text_dim}")
+
+
+def build_samples(encoded: pl.DataFrame, clips: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
+    """The encoded rows with their provenance: source, span (from clips) and caption source (from captions)."""
+    prov = clips.select("clip_id", "source_id", "source_path", "start_frame", "end_frame", "start_s", "end_s").unique("clip_id")
+    cap = captions.select("clip_id", pl.col("source").alias("caption_source")).unique("clip_id")
+    out = encoded.join(prov, on="clip_id", how="left").join(cap, on="clip_id", how="left")
+    missing = out.filter(pl.col("source_id").is_null())["clip_id"].unique().to_list()
+    if missing:
+        log.warning("%d clip(s) of encoded.parquet are not in clips.parquet; their provenance is empty: %s",
+                    len(missing), ", ".join(missing[:5]))
+    return out.with_columns(
+        pl.col("source_id").fill_null(""), pl.col("source_path").fill_null(""),
+        pl.col("start_frame").fill_null(-1), pl.col("end_frame").fill_null(-1),
+        pl.col("start_s").fill_null(float("nan")), pl.col("end_s").fill_null(float("nan")),
+        pl.col("caption_source").fill_null(""),
+    ).sort("sample_id")
+
+
+def held_out_flags(samples: pl.DataFrame, fraction: float, clip_ids: list[str] | None = None, by: str = "clip") -> list[bool]:
+    """Which samples are held out: every sample of a listed clip, plus a deterministic ``fraction``
+    of clips (``by: clip``) or of sources (``by: source``, so no held-out clip shares a source with
+    a training clip), chosen by a hash of the id. All samples of a clip fall on the same side. When
+    the fraction would hold out everything, nothing is held out by fraction (a warning says so)."""
+    if by not in ("clip", "source"):
+        raise ValueError(f"held_out_by must be 'clip' or 'source', got '{by}'")
+    listed = set(clip_ids or [])
+    keys = samples["clip_id" if by == "clip" else "source_id"].to_list()
+    by_hash = [_unit_hash(f"vlp-holdout:{k}") < fraction for k in keys]
+    flags = [c in listed or h for c, h in zip(samples["clip_id"].to_list(), by_hash)]
+    if flags and all(flags) and not all(c in listed for c in samples["clip_id"].to_list()):
+        log.warning("held-out fraction %.3g would hold out every sample; training on all, no eval loss", fraction)
+        flags = [c in listed for c in samples["clip_id"].to_list()]
+    return flags
+
+
+def sample_repeats(samples: pl.DataFrame, kind_repeats: dict[str, int], dataset_repeats: dict[str, int]) -> list[int]:
+    """How often each sample appears in one epoch: its kind's repeats times the repeats of the first
+    ``dataset_repeats`` glob its source path matches (1 when none)."""
+    out = []
+    for kind, path in zip(samples["kind"].to_list(), samples["source_path"].to_list()):
+        r = int(kind_repeats.get(kind, 1))
+        for pattern, n in dataset_repeats.items():
+            if fnmatch.fnmatch(path, pattern):
+                r *= int(n)
+                break
+        out.append(r)
+    return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int  # position in the plan (0, 1, 2, ...)
+    kind: str
+    bucket: tuple[str, int, int, int]  # (kind, frames, height, width)
+    rows: tuple[int, ...]  # row indices into the samples frame
+
+
+class BatchPlan:
+    """The seeded, endless sequence of batches for a set of training samples."""
+
+    def __init__(self, samples: pl.DataFrame, repeats: list[int], batch_size: int, seed: int,
+                 image_fraction: float | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        buckets = list(zip(*(samples[c].to_list() for c in BUCKET_COLUMNS)))
+        self.buckets = buckets
+        # per kind: bucket -> row indices (each repeated)
+        self.pools: dict[str, dict[tuple, list[int]]] = {}
+        for i, (bucket, r) in enumerate(zip(buckets, repeats)):
+            if r > 0:
+                self.pools.setdefault(bucket[0], {}).setdefault(bucket, []).extend([i] * r)
+        self.kinds = [k for k in KINDS if k in self.pools] + sorted(k for k in self.pools if k not in KINDS)
+        if not self.kinds:
+            raise ValueError("no training samples (every sample is held out or has 0 repeats)")
+        per_epoch = {k: sum(-(-len(rows) // batch_size) for rows in self.pools[k].values()) for k in self.kinds}
+        self.batches_per_epoch = per_epoch
+        if image_fraction is None or len(self.kinds) == 1:
+            total = sum(per_epoch.values())
+            self.weights = {k: per_epoch[k] / total for k in self.kinds}
+        else:
+            if not 0.0 <= image_fraction <= 1.0:
+                raise ValueError(f"image_batch_fraction must be in [0, 1], got {image_fraction}")
+            self.weights = {k: (image_fraction if k == "image" else 1.0 - image_fraction) for k in self.kinds}
+
+    def _epoch(self, kind: str, epoch: int) -> list[tuple[tuple, list[int]]]:
+        rng = random.Random(f"vlp-batches:{self.seed}:{kind}:{epoch}")
+        batches = []
+        for bucket in sorted(self.pools[kind]):
+            rows = list(self.pools[kind][bucket])
+            rng.shuffle(rows)
+            batches += [(bucket, rows[i:i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def _pick_kind(self, index: int) -> str:
+        if len(self.kinds) == 1:
+            return self.kinds[0]
+        u = random.Random(f"vlp-kind:{self.seed}:{index}").random()
+        acc = 0.0
+        for k in self.kinds:
+            acc += self.weights[k]
+            if u < acc:
+                return k
+        return self.kinds[-1]
+
+    def iterate(self, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start``, ``start + 1``, ... (skipping to ``start`` costs no data loading)."""
+        state = {k: [0, 0, self._epoch(k, 0)] for k in self.kinds}  # epoch, position, batches
+        index = 0
+        while True:
+            kind = self._pick_kind(index)
+            epoch, pos, batches = state[kind]
+            if pos >= len(batches):
+                epoch, pos = epoch + 1, 0
+                batches = self._epoch(kind, epoch)
+            state[kind] = [epoch, pos + 1, batches]
+            bucket, rows = batches[pos]
+            if index >= start:
+                yield Batch(index, kind, bucket, tuple(rows))
+            index += 1
+
+    def take(self, n: int, start: int = 0) -> list[Batch]:
+        out = []
+        for b in self.iterate(start):
+            if len(out) >= n:
+                break
+            out.append(b)
+        return out
+
+
+def pad_text(embeds: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """[L, D] -> [max_tokens, D], zeros after the real tokens (as ``WanPipeline`` pads); longer is cut."""
+    out = embeds.new_zeros(max_tokens, embeds.shape[1])
+    n = min(max_tokens, embeds.shape[0])
+    out[:n] = embeds[:n]
+    return out
+
+
+class CachedBatches:
+    """Loads a batch's latents and prompt embeddings from the cache and stacks them (float32)."""
+
+    def __init__(self, store: CacheStore, samples: pl.DataFrame, max_text_tokens: int):
+        self.store = store
+        self.max_text_tokens = max_text_tokens
+        self.latent_keys = samples["latent_key"].to_list()
+        self.text_keys = samples["text_key"].to_list()
+        self.latent_shapes = [tuple(s) for s in samples["latent_shape"].to_list()]
+        self.sample_ids = samples["sample_id"].to_list()
+
+    def missing(self) -> list[int]:
+        """Rows whose latent or text entry is not in the cache."""
+        return [i for i, (lk, tk) in enumerate(zip(self.latent_keys, self.text_keys))
+                if not self.store.has(lk) or not self.store.has(tk)]
+
+    def latents(self, row: int) -> torch.Tensor:
+        lat = self.store.get(self.latent_keys[row])["latents"]
+        if tuple(lat.shape) != self.latent_shapes[row]:
+            raise ValueError(f"{self.store.path(self.latent_keys[row])}: latents are {list(lat.shape)}, "
+                             f"encoded.parquet says {list(self.latent_shapes[row])} (sample {self.sample_ids[row]})")
+        return lat.float()
+
+    def text(self, row: int) -> torch.Tensor:
+        return pad_text(self.store.get(self.text_keys[row])["prompt_embeds"].float(), self.max_text_tokens)
+
+    def load(self, rows: tuple[int, ...] | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents [B, C, F, H, W], prompt embeddings [B, max_text_tokens, D])."""
+        return torch.stack([self.latents(r) for r in rows]), torch.stack([self.text(r) for r in rows])

@@ -1,0 +1,121 @@
+"""The LoRA adapter: set-up on the transformer through peft, and the two files a run writes.
+
+- ``lora.safetensors``: diffusers/peft layout (``transformer.blocks.N.attn1.to_q.lora_A.weight``)
+  with the adapter config in the ``lora_adapter_metadata`` entry, as diffusers writes it, so
+  ``WanPipeline.load_lora_weights`` restores rank and alpha.
+- ``lora_comfy.safetensors``: original Wan / ComfyUI layout (``diffusion_model.blocks.N.self_attn.q``
+  ...), an ``.alpha`` scalar per module.
+
+Both carry ``vlp.*`` metadata (see :func:`lora_metadata`), which ``vlp audit`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from pipeline.fsutil import atomic_path
+from pipeline.train.comfy_keys import BLOCK_MODULES, to_comfy
+
+ADAPTER = "default"
+FORMAT_VERSION = "1"
+DIFFUSERS_FILE = "lora.safetensors"
+COMFY_FILE = "lora_comfy.safetensors"
+
+# Every Linear in the attention and the FFN of each block (diffusers names inside a block).
+DEFAULT_TARGETS = [
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+    "ffn.net.0.proj", "ffn.net.2",
+]
+
+
+def target_regex(targets: list[str]) -> str:
+    """peft ``target_modules`` regex matching exactly these modules of every block."""
+    unknown = [t for t in targets if t not in BLOCK_MODULES]
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {sorted(BLOCK_MODULES)}")
+    if not targets:
+        raise ValueError("train.targets is empty")
+    return r"blocks\.\d+\.(" + "|".join(re.escape(t) for t in targets) + ")"
+
+
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str],
+             seed: int) -> LoraConfig:
+    """Add a trainable LoRA adapter (``transformer.add_adapter``), its weights in float32, seeded init."""
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True,
+                        target_modules=target_regex(targets))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config, adapter_name=ADAPTER)
+    trainable = 0
+    for name, p in transformer.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            trainable += p.numel()
+        else:
+            p.requires_grad_(False)
+    if trainable == 0:
+        raise ValueError(f"LoRA targets {targets} matched no module of the transformer")
+    return config
+
+
+def trainable_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters by their full module path (what checkpoints store)."""
+    return {n: p for n, p in transformer.named_parameters() if p.requires_grad}
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """diffusers/peft keys without prefix: ``blocks.0.attn1.to_q.lora_A.weight`` -> tensor."""
+    return {k: v.detach() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER).items()}
+
+
+def lora_metadata(*, run_name: str, profile: str, family: str, base_model: str, rank: int, alpha: float,
+                  targets: list[str], steps: int, manifest_sha256: str, expert: str = "") -> dict[str, str]:
+    """The ``vlp.*`` safetensors metadata both LoRA files carry."""
+    return {
+        "vlp.format": FORMAT_VERSION,
+        "vlp.run_name": run_name,
+        "vlp.profile": profile,
+        "vlp.family": family,
+        "vlp.base_model": base_model,
+        "vlp.rank": str(rank),
+        "vlp.alpha": str(alpha),
+        "vlp.targets": json.dumps(list(targets)),
+        "vlp.steps": str(steps),
+        "vlp.manifest_sha256": manifest_sha256,
+        "vlp.expert": expert,
+    }
+
+
+def _adapter_metadata(config: LoraConfig) -> str:
+    """The adapter config as diffusers stores it (``transformer.``-prefixed keys, JSON). Dropout is a
+    training setting: it is stored as 0, since peft would otherwise add dropout modules in training
+    mode to an inference model that loads the file."""
+    cfg = {**config.to_dict(), "lora_dropout": 0.0}
+    packed = {f"transformer.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    return json.dumps(packed, indent=2, sort_keys=True, default=str)
+
+
+def save_lora_files(out_dir: str | Path, state_dict: dict[str, torch.Tensor], config: LoraConfig,
+                    metadata: dict[str, str], dtype: torch.dtype = torch.bfloat16,
+                    diffusers_name: str = DIFFUSERS_FILE, comfy_name: str = COMFY_FILE) -> tuple[Path, Path]:
+    """Write the diffusers and the ComfyUI file (atomically); returns their paths."""
+    out_dir = Path(out_dir)
+    weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+    diffusers_sd = {f"transformer.{k}": v for k, v in weights.items()}
+    comfy_sd = to_comfy(weights, config.lora_alpha)
+    paths = (out_dir / diffusers_name, out_dir / comfy_name)
+    metas = ({"format": "pt", "lora_adapter_metadata": _adapter_metadata(config), **metadata},
+             {"format": "pt", **metadata})
+    for path, sd, meta in zip(paths, (diffusers_sd, comfy_sd), metas):
+        with atomic_path(path) as tmp:
+            save_file(sd, str(tmp), metadata=meta)
+    return paths
