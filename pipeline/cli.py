@@ -13,6 +13,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-samples": ("pipeline.samples:main", "copy the bundled sample videos and photos into data/raw"),
     "probe": ("pipeline.curate_cli:probe_main", "probe videos and images, print a table"),
     "split": ("pipeline.curate_cli:split_main", "split videos into clips: DIR/clips.parquet + clip files"),
+    "score": ("pipeline.score_cli:score_main", "score the clips of DIR/clips.parquet: DIR/scores.parquet"),
+    "filter": ("pipeline.score_cli:filter_main", "filter scored clips: DIR/dataset.parquet, DIR/rejected.parquet with reasons"),
+    "caption": ("pipeline.caption.cli:main", "caption clips with a VLM (run TABLE --out DIR), or set a human caption (edit CLIP_ID TEXT)"),
+    "train": ("pipeline.train.cli:train_main", "train a Wan LoRA from the cache alone: DATA/lora/<run>/ (the train stage)"),
+    "train-estimate": ("pipeline.train.cli:estimate_main", "estimate peak GPU memory and s/step of LoRA training for a model and clip shape"),
+    "cache": ("pipeline.cache_cli:main", "cache store: verify entries, gc unreferenced ones"),
+    "audit": ("pipeline.audit_cli:main", "which clips made a LoRA; which LoRAs used a source or clip; diff two LoRAs"),
+    "report": ("pipeline.report:main", "write the static dataset report data/report/index.html"),
+    "export": ("pipeline.export:main", "export kept clips + captions + dataset TOML for musubi-tuner / diffusion-pipe"),
 }
 
 

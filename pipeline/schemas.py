@@ -101,14 +101,17 @@ REJECTED = {
 # data/captions.parquet — one row per kept clip (caption stage).
 CAPTIONS = {
     "clip_id": Str,
-    "caption": Str,  # final text fed to the text encoder (cleaned, trigger word applied)
-    "model": Str,  # hub id or local path + "@" + fingerprint of config/weights
-    "prompt_sha256": Str,
-    "sampling": Str,  # JSON of the generation params
+    "kind": Str,  # "video" or "image"
+    "caption": Str,  # final text fed to the text encoder (cleaned, trigger word applied); "" when failed
+    "raw": Str,  # the VLM's answer before clean-up (the edit's text for source "edit")
+    "model": Str,  # hub id or local path + "@" + fingerprint of config/weights ("human" for edits)
+    "prompt_sha256": Str,  # of the prompt sent (video or image prompt); "" for edits
+    "sampling": Str,  # JSON of the frame sampling and generation params; "" for edits
     "source": Str,  # "vlm" or "edit"
-    "status": Str,  # "ok" or "caption_failed"
-    "reason": Str,
-    "created_at": Str,  # ISO 8601 UTC
+    "status": Str,  # "ok" or "caption_failed" (failed rows are retried and never trained on)
+    "reason": Str,  # one line when caption_failed
+    "new_tokens": I64,  # tokens the VLM generated for this caption (0 for edits)
+    "created_at": Str,  # ISO 8601 UTC, when the caption (or the edits file) was written
 }
 
 # data/encoded.parquet — one row per training sample (a window of a clip) (encode stage).
