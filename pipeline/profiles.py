@@ -35,7 +35,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile("tiny", "wan2.1-t2v", None, latent_channels=16, text_dim=32, max_text_tokens=64),
+    "tiny": Profile("tiny", "wan2.1-t2v", None, latent_channels=16, text_dim=32, max_text_tokens=256),
     "wan2.1-t2v-1.3b": Profile("wan2.1-t2v-1.3b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 16, 4096),
     "wan2.1-t2v-14b": Profile("wan2.1-t2v-14b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 16, 4096),
 }

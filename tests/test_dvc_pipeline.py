@@ -1,5 +1,6 @@
 """The whole DVC pipeline on the sample videos, in a fresh copy of the repository."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,51 @@ def test_repro_builds_sources_and_clips(repro):
     assert all((work / p).exists() for p in ok["path"])
 
 
+def test_every_stage_ran_on_a_mixed_dataset(repro):
+    work, _, _, _ = repro
+    dataset = schemas.read_table(work / "data/dataset.parquet", "dataset")
+    assert set(dataset["kind"]) == {"video", "image"}
+    captions = schemas.read_table(work / "data/captions.parquet", "captions")
+    assert set(captions["clip_id"]) == set(dataset["clip_id"])
+    assert captions["status"].to_list() == ["ok"] * captions.height
+    encoded = schemas.read_table(work / "data/encoded.parquet", "encoded")
+    assert set(encoded["clip_id"]) == set(dataset["clip_id"])
+    run = work / "data/lora/default"
+    for name in ("lora.safetensors", "lora_comfy.safetensors", "manifest.parquet", "loss.csv", "metrics.json"):
+        assert (run / name).exists(), name
+    manifest = schemas.read_table(run / "manifest.parquet", "manifest")
+    assert set(manifest["kind"]) == {"video", "image"}
+    assert set(manifest["sample_id"]) == set(encoded["sample_id"])
+    assert (work / "data/report/index.html").exists()
+
+
+def test_audit_names_the_clips_of_the_run(repro):
+    work, _, _, env = repro
+    out = _run([sys.executable, "-m", "pipeline.cli", "audit", "data/lora/default/lora.safetensors", "--json"],
+               work, env)
+    report = json.loads(out[out.index("{"):])
+    assert report["verified"] is True
+    manifest = schemas.read_table(work / "data/lora/default/manifest.parquet", "manifest")
+    assert sorted(c["clip_id"] for c in report["clips"]) == sorted(manifest["clip_id"].unique())
+    used = _run([sys.executable, "-m", "pipeline.cli", "audit", "--source", "data/raw/bikes.mp4"], work, env)
+    assert "data/lora/default/lora.safetensors" in used
+
+
 def test_second_repro_has_nothing_to_do(repro):
     _, _, second, _ = repro
     assert "Data and pipelines are up to date" in second, second
+
+
+def test_caption_edit_reencodes_exactly_one_text(repro):
+    work, _, _, env = repro
+    clip = schemas.read_table(work / "data/captions.parquet", "captions")["clip_id"][0]
+    _run([sys.executable, "-m", "pipeline.cli", "caption", "edit", clip, "A person rides a bike on a dirt road."],
+         work, env)
+    out = _run(["dvc", "repro"], work, env)
+    for stage in ("probe", "split", "score", "filter"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, stage
+    metrics = json.loads((work / "data/metrics/encode.json").read_text())
+    assert (metrics["texts_computed"], metrics["latents_computed"]) == (1, 0)
+    captions = schemas.read_table(work / "data/captions.parquet", "captions")
+    edited = captions.filter(pl.col("clip_id") == clip).row(0, named=True)
+    assert (edited["source"], edited["caption"]) == ("edit", "A person rides a bike on a dirt road.")

@@ -20,7 +20,7 @@ def local_weights(folder):
     build_tiny_vae(TINY).save_pretrained(folder / "vae")
     build_tiny_encoder(TINY).save_pretrained(folder / "text_encoder")
     save_tiny_tokenizer(folder / "tokenizer", TINY)
-    return Profile("local", "wan2.1-t2v", str(folder), latent_channels=16, text_dim=32, max_text_tokens=64)
+    return Profile("local", "wan2.1-t2v", str(folder), latent_channels=16, text_dim=32, max_text_tokens=256)
 
 
 def test_folder_fingerprint_is_memoized_by_size_and_mtime(tmp_path, monkeypatch):
@@ -55,7 +55,7 @@ def test_local_folder_profile_loads_with_from_pretrained_and_encodes(tmp_path):
     assert r.table["vae"].str.starts_with(str(tmp_path / "weights")).all()
     # the same weights under another name and path are the same models: the keys do not change
     (tmp_path / "weights").rename(tmp_path / "moved")
-    moved = Profile("moved", "wan2.1-t2v", str(tmp_path / "moved"), latent_channels=16, text_dim=32, max_text_tokens=64)
+    moved = Profile("moved", "wan2.1-t2v", str(tmp_path / "moved"), latent_channels=16, text_dim=32, max_text_tokens=256)
     r2 = encode_dataset(ds, caps, CacheStore(tmp_path / "cache"), moved, cfg, root=tmp_path)
     assert (r2.metrics["latents_computed"], r2.metrics["texts_computed"]) == (0, 0)
     assert r2.table["latent_key"].equals(r.table["latent_key"])

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_times.append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         if cfg.eval_every > 0 and done % cfg.eval_every == 0:
             run_eval(done)
         if (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0) or done == cfg.steps:
