@@ -388,6 +388,7 @@ class Encoder:
                 "sample_id": s.sample_id, "clip_id": s.clip_id, "kind": s.kind, "window": s.window,
                 "frame_indices": s.frame_indices, "bucket_frames": s.bucket[0], "bucket_height": s.bucket[1],
                 "bucket_width": s.bucket[2], "latent_key": s.latent_key, "text_key": s.text_key,
+                "cond_key": "", "image_key": "",
                 "latent_shape": json.loads(lm["shape"]), "text_shape": json.loads(tm["shape"]), "dtype": self.cfg.dtype,
                 "family": self.profile.family, "vae": self.vae_id, "text_encoder": self.text_id, "caption": s.caption,
             })

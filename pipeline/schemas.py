@@ -126,6 +126,8 @@ ENCODED = {
     "bucket_width": I32,
     "latent_key": Str,
     "text_key": Str,
+    "cond_key": Str,  # I2V: first-frame conditioning latents entry; "" when the family needs none
+    "image_key": Str,  # Wan 2.1 I2V: CLIP vision embedding entry of the first frame; "" otherwise
     "latent_shape": pl.List(I64),  # [C, F, H, W]
     "text_shape": pl.List(I64),  # [L, D]
     "dtype": Str,  # "bfloat16" / "float16" / "float32"

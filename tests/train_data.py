@@ -49,7 +49,8 @@ def make_dataset(root: Path, clips: list[dict], seed: int = 0, family: str = "wa
                 "sample_id": f"{cid}#{win}", "clip_id": cid, "kind": kind, "window": win,
                 "frame_indices": list(range(win * frames, win * frames + frames)),
                 "bucket_frames": frames, "bucket_height": h, "bucket_width": w,
-                "latent_key": latent_key, "text_key": text_key, "latent_shape": shape, "text_shape": [tokens, TEXT_DIM],
+                "latent_key": latent_key, "text_key": text_key, "cond_key": "", "image_key": "",
+                "latent_shape": shape, "text_shape": [tokens, TEXT_DIM],
                 "dtype": "bfloat16", "family": family, "vae": "tiny/vae@0", "text_encoder": "tiny/te@0", "caption": caption,
             })
         n = frames * c.get("windows", 1)
