@@ -13,6 +13,8 @@ same call: the baseline's figures are in ``bench/baseline-h200.jsonl`` of the sh
   python bench/train_step.py                         # 1.3b, 14b, 14b_fp8 at 480x832x81 on a GPU
   python bench/train_step.py --cases 1.3b --steps 4
   python bench/train_step.py --tiny                  # CPU smoke test of the same code
+  python bench/train_step.py --profile wan2.2-ti2v-5b --cases 5b   # another family's model and conditioning
+  python bench/train_step.py --tiny --profile tiny-i2v
 
 Each case prints one JSON line and appends it to $OUT/train_step.jsonl (partial results
 survive a timeout).
@@ -33,25 +35,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.transformer import build_on_device, transformer_config
+from pipeline.models.transformer import TINY_IMAGE_DIM, build_on_device, transformer_config, transformer_in_channels
+from pipeline.profiles import get_profile
+from pipeline.train.conditioning import Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
 from pipeline.train.estimate import ModelSize, estimate_step, video_tokens
 from pipeline.train.loop import make_optimizer, micro_step, optimizer_step, resolve_storage, setup_lora_training
 
 
+REAL_IMAGE_DIM, REAL_IMAGE_TOKENS, TINY_IMAGE_TOKENS = 1280, 257, 17  # CLIP ViT-H/14 at 224 px; the tiny CLIP
+
+
 def run_case(name: str, args, device: torch.device) -> dict:
     size = "tiny" if args.tiny else name.split("_")[0]
     fp8 = name.endswith("fp8")
+    prof = get_profile(args.profile)
     frames, height, width = (9, 64, 64) if args.tiny else (args.frames, args.height, args.width)
     text_dim, text_len = (32, 16) if args.tiny else (4096, 512)
-    latent = [16, (frames - 1) // 4 + 1, height // 8, width // 8]
+    ch, s_sp = prof.latent_channels, prof.vae_scale_spatial
+    latent = [ch, (frames - 1) // 4 + 1, height // s_sp, width // s_sp]
+    conditioning = Conditioning.of(prof)
+    image_dim = (TINY_IMAGE_DIM if args.tiny else REAL_IMAGE_DIM) if prof.image_encoder else None
     cfg = TrainConfig(rank=32, alpha=32, base_storage="fp8" if fp8 else "bf16", optimizer=args.optimizer,
                       timestep_sampling="sigmoid", progress=False)
     storage, compute = resolve_storage(cfg.base_storage, device)
-    rec = {"case": name, "frames": frames, "h": height, "w": width, "latent": [1, *latent], "storage": storage}
+    rec = {"case": name, "profile": prof.name, "frames": frames, "h": height, "w": width, "latent": [1, *latent],
+           "storage": storage}
 
     t0 = time.time()
-    model = build_on_device(transformer_config(size, 16, text_dim), compute, device)
+    model = build_on_device(transformer_config(size, ch, text_dim, transformer_in_channels(prof), image_dim), compute, device)
     model.requires_grad_(False)
     setup_lora_training(model, cfg, storage, compute)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -74,13 +86,17 @@ def run_case(name: str, args, device: torch.device) -> dict:
     latents = torch.randn([1, *latent], generator=g, device=device)
     text = torch.zeros(1, text_len, text_dim, device=device)
     text[:, :100] = torch.randn(1, min(100, text_len), text_dim, generator=g, device=device)[:, :text_len]
+    cond = torch.randn([1, *latent], generator=g, device=device) if conditioning.needs_cond else None
+    n_img = TINY_IMAGE_TOKENS if args.tiny else REAL_IMAGE_TOKENS
+    image = torch.randn(1, n_img, image_dim, generator=g, device=device) if image_dim else None
+    inputs = TrainInputs(latents, text, cond, image)
     sampler = cfg.sampler()
     times, loss = [], 0.0
     steps = max(2, args.steps - 1) if size == "14b" else args.steps
     for _ in range(steps + 1):
         sync(device)
         t1 = time.time()
-        loss = micro_step(model, latents, text, sampler, g, compute)
+        loss = micro_step(model, inputs, sampler, g, compute, conditioning=conditioning)
         optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         sync(device)
         times.append(time.time() - t1)
@@ -93,7 +109,7 @@ def run_case(name: str, args, device: torch.device) -> dict:
         import resource
 
         rec["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    del model, optimizer, params, latents, text
+    del model, optimizer, params, latents, text, inputs
     return rec
 
 
@@ -105,7 +121,12 @@ def sync(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny model and shapes (CPU smoke test)")
-    ap.add_argument("--cases", default="1.3b,14b,14b_fp8", help="comma list of 1.3b, 14b, 14b_fp8 (default all)")
+    ap.add_argument("--cases", default="1.3b,14b,14b_fp8",
+                    help="comma list of model sizes 1.3b, 5b, 14b, with _fp8 for fp8 storage (default 1.3b,14b,14b_fp8)")
+    ap.add_argument("--profile", default="wan2.1-t2v-1.3b",
+                    help="model family whose channels and conditioning are used: i2v adds the mask and condition "
+                         "channels (and CLIP embeddings for Wan 2.1), ti2v uses 48 channels and 16x VAE "
+                         "compression (default wan2.1-t2v-1.3b; the size comes from --cases)")
     ap.add_argument("--fp8", action="store_true", help="run only the fp8 variant of each case")
     ap.add_argument("--steps", type=int, default=4, help="timed steps after a warm-up step (default 4)")
     ap.add_argument("--frames", type=int, default=81)

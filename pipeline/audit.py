@@ -21,6 +21,10 @@ from pipeline import schemas
 from pipeline.fsutil import sha256_file
 
 LORA_FILE = "lora.safetensors"
+# What the train stage names its diffusers-layout LoRA files: lora.safetensors, and per expert of a
+# two-expert family lora_high_noise.safetensors / lora_low_noise.safetensors. (The *_comfy files
+# carry the same metadata; one file per trained model is enough to list a run.)
+LORA_FILES = ("lora.safetensors", "lora_high_noise.safetensors", "lora_low_noise.safetensors")
 MANIFEST_FILE = "manifest.parquet"
 SHA_KEY = "vlp.manifest_sha256"
 HEX = set("0123456789abcdef")
@@ -45,6 +49,15 @@ class Run:
     @property
     def name(self) -> str:
         return self.metadata.get("vlp.run_name") or self.lora_path.parent.name
+
+    @property
+    def family(self) -> str:
+        return self.metadata.get("vlp.family", "")
+
+    @property
+    def expert(self) -> str:
+        """"high" / "low" for an expert of Wan 2.2 A14B, "" otherwise."""
+        return self.metadata.get("vlp.expert", "")
 
 
 def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -93,7 +106,8 @@ def open_run(lora_path: str | os.PathLike, manifest_path: str | os.PathLike | No
 
 
 def find_runs(lora_dir: str | os.PathLike) -> tuple[list[Run], list[str]]:
-    """Every run under ``lora_dir`` (any depth): a folder holding ``lora.safetensors``.
+    """Every LoRA under ``lora_dir`` (any depth): a folder holding ``lora.safetensors``, or the
+    expert files ``lora_high_noise.safetensors`` / ``lora_low_noise.safetensors`` (one run each).
 
     Returns the runs (a manifest that does not match is kept, with ``verified=False``) and
     one line per folder that could not be read (e.g. its manifest is missing).
@@ -102,7 +116,7 @@ def find_runs(lora_dir: str | os.PathLike) -> tuple[list[Run], list[str]]:
     if not lora_dir.is_dir():
         return [], [f"{lora_dir}: no such folder"]
     runs, problems = [], []
-    for lora in sorted(lora_dir.rglob(LORA_FILE)):
+    for lora in sorted(p for name in LORA_FILES for p in lora_dir.rglob(name)):
         try:
             runs.append(open_run(lora, strict=False))
         except AuditError as exc:
@@ -187,6 +201,8 @@ def usage_rows(runs: list[Run], hits: list[pl.DataFrame]) -> list[dict]:
         out.append({
             "run": run.name,
             "lora": str(run.lora_path),
+            "family": run.family,
+            "expert": run.expert,
             "verified": run.verified,
             "problem": run.problem,
             "source_ids": sorted(set(rows["source_id"].to_list())),

@@ -37,14 +37,16 @@ def _lora_main(args) -> int:
     if args.json:
         print(json.dumps({
             "lora": str(run.lora_path), "manifest": str(run.manifest_path), "manifest_sha256": run.manifest_sha256,
-            "verified": run.verified, "metadata": run.metadata,
+            "verified": run.verified, "family": run.family, "expert": run.expert, "metadata": run.metadata,
             "clips": clips.to_dicts(),
             "samples": run.manifest.to_dicts(),
         }, indent=2, default=str))
         return 0
     md = run.metadata
     print(f"LoRA      {run.lora_path}")
-    print(f"run       {run.name}  profile {md.get('vlp.profile', '?')}  family {md.get('vlp.family', '?')}  "
+    expert = f"  expert {run.expert} ({'high-noise: transformer' if run.expert == 'high' else 'low-noise: transformer_2'})" \
+        if run.expert else ""
+    print(f"run       {run.name}  profile {md.get('vlp.profile', '?')}  family {md.get('vlp.family', '?')}{expert}  "
           f"base {md.get('vlp.base_model', '?')}")
     print(f"          rank {md.get('vlp.rank', '?')}  alpha {md.get('vlp.alpha', '?')}  steps {md.get('vlp.steps', '?')}  "
           f"targets {md.get('vlp.targets', '?')}")
@@ -97,7 +99,8 @@ def _usage_main(args, what: str, query: str) -> int:
     for u in used:
         flag = "" if u["verified"] else f"  WARNING: {u['problem']}"
         srcs = ", ".join(s[:12] for s in u["source_ids"])
-        print(f"  {u['lora']}  run {u['run']}: {len(u['clips'])} clips, {u['samples']} samples "
+        model = f" ({u['family']}{', expert ' + u['expert'] if u['expert'] else ''})" if u["family"] else ""
+        print(f"  {u['lora']}  run {u['run']}{model}: {len(u['clips'])} clips, {u['samples']} samples "
               f"({u['trained_samples']} trained, seen {u['times_seen']} times), source {srcs}{flag}")
         for c in u["clips"]:
             print(f"      clip {c}")

@@ -25,7 +25,11 @@ def verify_main(argv: list[str]) -> int:
     store = CacheStore(args.store)
     keys = list(store.keys())
     bad = 0
+    kinds: dict[str, int] = {}
     for key, problem in tqdm(store.verify(keys), total=len(keys), desc="verify", unit="entry", disable=None):
+        if not problem:
+            kind = store.metadata(key).get("kind") or "other"  # latent, text, cond (I2V), image (CLIP)
+            kinds[kind] = kinds.get(kind, 0) + 1
         if problem:
             bad += 1
             print(f"BAD {store.path(key)}: {problem}" + (" (deleted)" if args.delete_bad else ""))
@@ -33,7 +37,8 @@ def verify_main(argv: list[str]) -> int:
                 store.delete(key)
     for tmp in store.leftovers():
         print(f"note: leftover temporary file {tmp} (from a killed writer; `vlp cache gc --delete` removes it)")
-    print(f"{len(keys)} entries, {bad} bad")
+    sound = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"{len(keys)} entries, {bad} bad" + (f" (sound: {sound})" if sound else ""))
     return 1 if bad else 0
 
 

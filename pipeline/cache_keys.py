@@ -7,10 +7,12 @@ caption, a train param) and the key stays, so nothing is re-encoded.
 
 Entry kinds (``kind`` in the key and in the entry metadata):
 - ``latent``: VAE posterior mean of a window of frames, normalised (see pipeline.encode);
-- ``text``: UMT5 prompt embeddings, padding trimmed.
-Families that need more (Wan I2V: the first frame encoded as conditioning and a CLIP image
-embedding) add their own kinds with their own key functions here; every key names the model
-fingerprint, so an entry made by one VAE is never found by a profile with another.
+- ``text``: UMT5 prompt embeddings, padding trimmed;
+- ``cond`` (image-to-video families): the window's first frame followed by zeros, VAE-encoded
+  and normalised like the latents (``WanImageToVideoPipeline``'s ``latent_condition``);
+- ``image`` (Wan 2.1 I2V): CLIP vision embedding (penultimate hidden states) of the first frame.
+Every key names the model fingerprint, so an entry made by one VAE (or image encoder) is never
+found by a profile with another; profiles that share a VAE share its latent and cond entries.
 """
 
 from __future__ import annotations
@@ -62,4 +64,66 @@ def text_key(*, caption: str, text_fingerprint: str, max_length: int, dtype: str
         "max_length": int(max_length),
         "dtype": dtype,
         "compute_dtype": compute_dtype,
+    })
+
+
+COND_I2V = "i2v-first-frame"
+
+
+def cond_key(
+    *,
+    clip_sha256: str,
+    frame_index: int,
+    bucket: tuple[int, int, int],
+    resize: dict,
+    vae_fingerprint: str,
+    dtype: str,
+    compute_dtype: str,
+    tiling: str = "",
+    posterior: str = POSTERIOR,
+    condition: str = COND_I2V,
+) -> str:
+    """Key of an I2V conditioning entry: the first frame (clip bytes + frame index) resized/cropped
+    into the bucket, followed by zeros up to the bucket's frame count, encoded by the VAE."""
+    return sha256_json({
+        "kind": "cond",
+        "format": FORMAT_VERSION,
+        "condition": condition,
+        "clip_sha256": clip_sha256,
+        "frame_index": int(frame_index),
+        "bucket": [int(b) for b in bucket],
+        "resize": resize,
+        "vae": vae_fingerprint,
+        "dtype": dtype,
+        "compute_dtype": compute_dtype,
+        "tiling": tiling,
+        "posterior": posterior,
+    })
+
+
+def image_key(
+    *,
+    clip_sha256: str,
+    frame_index: int,
+    size: tuple[int, int],
+    resize: dict,
+    processor: dict,
+    image_encoder_fingerprint: str,
+    dtype: str,
+    compute_dtype: str,
+) -> str:
+    """Key of a CLIP image-embedding entry: the first frame (clip bytes + frame index) as cropped
+    into the bucket (``size`` = height, width), the image processor's config, the encoder weights."""
+    return sha256_json({
+        "kind": "image",
+        "format": FORMAT_VERSION,
+        "clip_sha256": clip_sha256,
+        "frame_index": int(frame_index),
+        "size": [int(v) for v in size],
+        "resize": resize,
+        "processor": processor,
+        "image_encoder": image_encoder_fingerprint,
+        "dtype": dtype,
+        "compute_dtype": compute_dtype,
+        "hidden_state": -2,
     })

@@ -156,8 +156,10 @@ MANIFEST = {
     "bucket_frames": I32,
     "bucket_height": I32,
     "bucket_width": I32,
-    "times_seen": I64,
+    "times_seen": I64,  # times in a training batch (summed over the experts of a two-expert run)
     "held_out": Bool,
+    "family": Str,  # model family the LoRA(s) were trained for, e.g. "wan2.2-t2v-a14b"
+    "expert": Str,  # Wan 2.2 A14B: "high", "low" or "high+low" (both LoRA files); "" for single-expert families
 }
 
 TABLES: dict[str, dict[str, pl.DataType]] = {

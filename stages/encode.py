@@ -32,8 +32,10 @@ def main() -> int:
     write_json(METRICS, result.metrics)
     mt = result.metrics
     logging.getLogger("encode").info(
-        "%d samples -> %s; latents %d computed / %d reused, texts %d computed / %d reused, %d rejected, %d clips skipped",
-        mt["samples"], OUT, mt["latents_computed"], mt["latents_reused"], mt["texts_computed"], mt["texts_reused"],
+        "%s: %d samples -> %s; latents %d computed / %d reused, first-frame conditions %d / %d, "
+        "image embeddings %d / %d, texts %d / %d, %d rejected, %d clips skipped",
+        profile.family, mt["samples"], OUT, mt["latents_computed"], mt["latents_reused"], mt["conds_computed"],
+        mt["conds_reused"], mt["images_computed"], mt["images_reused"], mt["texts_computed"], mt["texts_reused"],
         mt["rejected"], mt["skipped"],
     )
     return 0

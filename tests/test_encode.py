@@ -14,7 +14,7 @@ import torch
 from encode_data import make_video, small_dataset, tables
 from pipeline import schemas
 from pipeline.cache import CacheStore
-from pipeline.encode import EncodeConfig, Encoder, encode_dataset, plan_samples
+from pipeline.encode import EncodeConfig, Encoder, VaeJob, encode_dataset, plan_samples
 from pipeline.models.text_encoder import load_text_encoder, text_fingerprint
 from pipeline.models.vae import denormalize_latents, load_vae, vae_fingerprint
 from pipeline.profiles import get_profile
@@ -43,6 +43,7 @@ def test_first_run_computes_everything_and_table_matches_schema(data):
     root, ds, caps, r = data
     assert r.metrics | {"rejections": [], "skips": []} == {
         "samples": 4, "latents_computed": 4, "latents_reused": 0, "texts_computed": 4, "texts_reused": 0,
+        "conds_computed": 0, "conds_reused": 0, "images_computed": 0, "images_reused": 0,  # text-to-video: none
         "rejected": 0, "skipped": 0, "rejections": [], "skips": [],
     }
     schemas.validate(r.table, "encoded")
@@ -258,9 +259,9 @@ def test_threaded_read_ahead_yields_the_same_batches(data, tmp_path):
     samples, _ = plan_samples(ds, caps, CFG, TINY, root)
     samples.append(dataclasses.replace(samples[0], sample_id="gone#0", path=str(tmp_path / "missing.mp4")))
     enc = Encoder(CacheStore(tmp_path / "c"), TINY, CFG)
-    batches = enc.latent_batches(samples)
+    batches = enc.latent_batches([VaeJob(s, latent=True, cond=False) for s in samples])
     seq = list(enc._read_ahead(batches, threaded=False))
     thr = list(enc._read_ahead(batches, threaded=True))
-    assert [[s.sample_id for s in ok] for ok, _, _ in seq] == [[s.sample_id for s in ok] for ok, _, _ in thr]
+    assert [[j.sample.sample_id for j in ok] for ok, _, _ in seq] == [[j.sample.sample_id for j in ok] for ok, _, _ in thr]
     assert all((a == b).all() for (_, fa, _), (_, fb, _) in zip(seq, thr) for a, b in zip(fa, fb))
     assert [bad for _, _, bad in thr if bad][0][0]["sample_id"] == "gone#0"

@@ -1,12 +1,20 @@
 """The Wan denoising transformer (``WanTransformer3DModel``): loading real weights or building a
-model of a given size with seeded random weights.
+model of a given size with seeded random weights, for every model family.
 
 Real profiles load the ``transformer`` subfolder of the profile's diffusers repo (or local
-folder). The tiny profile builds a 2-layer model from a config (same architecture: 3D patch
-embedding, RoPE, self- and cross-attention, FFN; ``in_channels`` = the profile's latent
-channels, ``text_dim`` = its text encoder width) with seeded random weights, so it is the same
-model in every process. ``WAN21_SIZES`` holds the real shapes, so the benchmark can build a
-random-weight model at 1.3B or 14B size without downloading anything.
+folder); the low-noise expert of Wan 2.2 A14B is ``transformer_2``. Tiny profiles build a
+2-layer model from a config (same architecture: 3D patch embedding, RoPE, self- and
+cross-attention, FFN) of the family's shape, with seeded random weights, so it is the same
+model in every process:
+
+- ``in_channels``: the latent channels (16; 48 for Wan 2.2 TI2V-5B), for image-to-video plus
+  the frame mask and the conditioning latents (16 + 4 + 16 = 36);
+- Wan 2.1 I2V: ``image_dim`` (the CLIP width; the tiny CLIP's 32) and ``added_kv_proj_dim``
+  (the model width): the image embedder and every block's image key/value projections;
+- Wan 2.2 A14B: two experts, each with its own seed.
+
+``WAN21_SIZES`` holds the real shapes, so benchmarks and estimates can build a random-weight
+model at 1.3B, 5B or 14B size without downloading anything.
 """
 
 from __future__ import annotations
@@ -29,37 +37,62 @@ WAN21_COMMON = {
     "rope_max_seq_len": 1024,
 }
 
-# Real sizes (Wan 2.1 T2V configs), for random-weight benchmarks and estimates.
+# Real sizes (the Wan 2.1 T2V configs, and Wan 2.2 TI2V 5B), for random-weight benchmarks and estimates.
+# Wan 2.1 I2V 14B and both Wan 2.2 A14B experts have the 14B shape.
 WAN21_SIZES: dict[str, dict] = {
     "1.3b": {"num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960, "num_layers": 30},
     "14b": {"num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40},
+    "5b": {"num_attention_heads": 24, "attention_head_dim": 128, "ffn_dim": 14336, "num_layers": 30},
     "tiny": {"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "num_layers": 2},
 }
 
-# Tiny configs per family; a later family (I2V: in_channels 36 + image_dim; TI2V-5B: 48 channels)
-# adds its own entry.
-TINY_TRANSFORMER_FAMILIES = {"wan2.1-t2v"}
+# Hidden size of the tiny CLIP vision model (pipeline.models.image_encoder): the tiny Wan 2.1 I2V
+# transformer's ``image_dim``. The real CLIP ViT-H/14 gives 1280.
+TINY_IMAGE_DIM = 32
 
 
-def transformer_config(size: str, latent_channels: int = 16, text_dim: int = 4096) -> dict:
-    """A ``WanTransformer3DModel`` config of the given size (``tiny``, ``1.3b``, ``14b``)."""
+def transformer_in_channels(profile: Profile) -> int:
+    """Channels the family's transformer takes: the latents, plus for image-to-video the frame
+    mask (``vae_scale_temporal`` channels) and the conditioning latents (16 + 4 + 16 = 36)."""
+    if profile.task == "i2v":
+        return 2 * profile.latent_channels + profile.vae_scale_temporal
+    return profile.latent_channels
+
+
+def transformer_config(size: str, latent_channels: int = 16, text_dim: int = 4096, in_channels: int | None = None,
+                       image_dim: int | None = None) -> dict:
+    """A ``WanTransformer3DModel`` config of the given size (``tiny``, ``1.3b``, ``5b``, ``14b``).
+
+    ``in_channels`` defaults to ``latent_channels`` (text-to-video); ``image_dim`` (Wan 2.1 I2V:
+    the CLIP width) adds the image embedder and the image key/value projections of every block's
+    cross-attention (``added_kv_proj_dim`` = the model width, as in the Wan 2.1 I2V config)."""
     try:
         shape = WAN21_SIZES[size]
     except KeyError:
         raise ValueError(f"unknown transformer size '{size}'; choose one of {sorted(WAN21_SIZES)}") from None
-    return {
+    config = {
         **WAN21_COMMON,
         **shape,
-        "in_channels": latent_channels,
+        "in_channels": in_channels or latent_channels,
         "out_channels": latent_channels,
         "text_dim": text_dim,
     }
+    if image_dim is not None:
+        config["image_dim"] = image_dim
+        config["added_kv_proj_dim"] = shape["num_attention_heads"] * shape["attention_head_dim"]
+    return config
 
 
 def tiny_transformer_config(profile: Profile) -> dict:
-    if profile.family not in TINY_TRANSFORMER_FAMILIES:
-        raise ValueError(f"no tiny transformer config for family '{profile.family}'")
-    return transformer_config("tiny", profile.latent_channels, profile.text_dim)
+    """The tiny stand-in of the profile's family: the real family's channels and conditioning
+    inputs (I2V: 36 input channels, Wan 2.1 I2V also the image embedder; TI2V: 48 channels), tiny width."""
+    return transformer_config("tiny", profile.latent_channels, profile.text_dim, transformer_in_channels(profile),
+                              TINY_IMAGE_DIM if profile.image_encoder else None)
+
+
+def expert_seed(profile: Profile, expert: str) -> int:
+    """Seed of a tiny expert's random weights: each expert of a two-expert family is its own model."""
+    return TINY_SEED + list(profile.experts).index(expert)
 
 
 def build_transformer(config: dict, seed: int = TINY_SEED, dtype: torch.dtype = torch.float32,
@@ -91,18 +124,32 @@ def build_on_device(config: dict, dtype: torch.dtype, device: str | torch.device
 
 
 def load_transformer(profile: Profile, dtype: torch.dtype = torch.bfloat16,
-                     device: str | torch.device = "cpu") -> WanTransformer3DModel:
-    """The profile's transformer, frozen, in eval mode (as ``from_pretrained`` returns it), in ``dtype`` on ``device``."""
+                     device: str | torch.device = "cpu", expert: str = "transformer") -> WanTransformer3DModel:
+    """The profile's transformer (``expert``: ``transformer``, or ``transformer_2`` for the low-noise
+    expert of Wan 2.2 A14B), frozen, in eval mode (as ``from_pretrained`` returns it), in ``dtype`` on ``device``."""
+    if expert not in profile.experts:
+        raise ValueError(f"{profile.name}: no '{expert}' model (the family has {list(profile.experts)})")
     if profile.is_tiny:
-        model = build_transformer(tiny_transformer_config(profile), TINY_SEED, dtype, device)
+        model = build_transformer(tiny_transformer_config(profile), expert_seed(profile, expert), dtype, device)
     else:
-        folder = model_folder(profile, "transformer")
+        folder = model_folder(profile, expert)
         model = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=dtype).to(device)
-    cfg = model.config
-    if cfg.in_channels != profile.latent_channels or cfg.text_dim != profile.text_dim:
-        raise ValueError(
-            f"{profile.name}: transformer takes {cfg.in_channels} latent channels / text width {cfg.text_dim}, "
-            f"profile says {profile.latent_channels} / {profile.text_dim}"
-        )
+    check_transformer(model, profile, expert)
     model.requires_grad_(False)
     return model.eval()
+
+
+def check_transformer(model: WanTransformer3DModel, profile: Profile, expert: str = "transformer") -> None:
+    """Refuse weights that are not of the profile's family (channels, text width, image embedder)."""
+    cfg = model.config
+    want_in = transformer_in_channels(profile)
+    problems = []
+    if cfg.in_channels != want_in or cfg.out_channels != profile.latent_channels:
+        problems.append(f"takes {cfg.in_channels} / gives {cfg.out_channels} channels, the {profile.task} family "
+                        f"'{profile.family}' needs {want_in} / {profile.latent_channels}")
+    if cfg.text_dim != profile.text_dim:
+        problems.append(f"text width {cfg.text_dim}, profile says {profile.text_dim}")
+    if (cfg.image_dim is not None) != profile.image_encoder:
+        problems.append("has an image embedder" if cfg.image_dim is not None else "has no image embedder (CLIP input)")
+    if problems:
+        raise ValueError(f"{profile.name}: {expert} " + "; ".join(problems))

@@ -8,7 +8,12 @@ import yaml
 
 from pipeline.params import load_params
 
-SIZES = {"tiny": "tiny", "wan2.1-t2v-1.3b": "1.3b", "wan2.1-t2v-14b": "14b", "1.3b": "1.3b", "14b": "14b"}
+# profile -> transformer size (WAN21_SIZES); "1.3b" / "14b" are short for the Wan 2.1 T2V profiles
+SIZES = {"tiny": "tiny", "wan2.1-t2v-1.3b": "1.3b", "wan2.1-t2v-14b": "14b", "1.3b": "1.3b", "14b": "14b",
+         "wan2.1-i2v-14b-480p": "14b", "wan2.1-i2v-14b-720p": "14b", "wan2.2-ti2v-5b": "5b",
+         "wan2.2-t2v-a14b": "14b", "wan2.2-i2v-a14b": "14b"}
+ALIASES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
+CLIP_DIM = 1280  # Wan 2.1 I2V's CLIP ViT-H/14 width
 
 
 def train_main(argv: list[str]) -> int:
@@ -56,18 +61,25 @@ def estimate_main(argv: list[str]) -> int:
     from diffusers import WanTransformer3DModel
     from peft import LoraConfig
 
-    from pipeline.models.transformer import transformer_config
+    from pipeline.models.transformer import TINY_IMAGE_DIM, transformer_config, transformer_in_channels
+    from pipeline.profiles import get_profile
     from pipeline.train.estimate import ModelSize, estimate_step, video_tokens
     from pipeline.train.lora import DEFAULT_TARGETS, target_regex
 
     size = SIZES[args.profile]
+    prof = get_profile(ALIASES.get(args.profile, args.profile))
+    image_dim = (TINY_IMAGE_DIM if prof.is_tiny else CLIP_DIM) if prof.image_encoder else None
     with torch.device("meta"):  # no memory, no weights
-        model = WanTransformer3DModel(**transformer_config(size, 16, 32 if size == "tiny" else 4096))
+        model = WanTransformer3DModel(**transformer_config(size, prof.latent_channels, prof.text_dim,
+                                                           transformer_in_channels(prof), image_dim))
     model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=target_regex(DEFAULT_TARGETS)))
-    latent = [16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8]
+    s_sp = prof.vae_scale_spatial
+    latent = [prof.latent_channels, (args.frames - 1) // 4 + 1, args.height // s_sp, args.width // s_sp]
     est = estimate_step(ModelSize.of(model), video_tokens(latent), args.text_tokens, args.batch_size, args.storage,
                         not args.no_checkpointing, args.adamw8bit, args.gpu)
     print(f"{args.profile} at {args.width}x{args.height}x{args.frames} (latents {latent}), rank {args.rank}, "
           f"{args.storage} base, checkpointing {'off' if args.no_checkpointing else 'on'}:")
     print(est.describe())
+    if len(prof.experts) > 1:
+        print(f"({prof.family}: per expert; the experts train one after the other, one in memory at a time)")
     return 0

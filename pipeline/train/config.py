@@ -9,8 +9,9 @@ from pipeline.train.timesteps import TimestepSampler
 
 # Settings that change how a run is recorded, not the LoRA it makes: a checkpoint written under
 # other values of these is still resumed.
+# (``expert`` picks which experts train; each expert's checkpoints are its own.)
 BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
-               "eval_max_samples", "eval_seed", "save_dtype", "device", "progress"}
+               "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert"}
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     save_dtype: str = "bfloat16"
-    expert: str = ""  # Wan 2.2 two-expert families: "high" | "low"; "" for single-expert families
+    expert: str = "both"  # Wan 2.2 A14B: "high" | "low" | "both" (in turn); ignored by single-expert families
     progress: bool = True
 
     @classmethod
@@ -82,13 +83,14 @@ class TrainConfig:
             raise ValueError(f"train.optimizer must be auto, adamw or adamw8bit, got '{self.optimizer}'")
         if not 0.0 <= self.held_out_fraction < 1.0:
             raise ValueError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
-        if self.expert not in ("", "high", "low"):
-            raise ValueError(f"train.expert must be '', 'high' or 'low', got '{self.expert}'")
+        if self.expert not in ("high", "low", "both"):
+            raise ValueError(f"train.expert must be high, low or both, got '{self.expert}'")
         self.sampler()  # checks the timestep settings
 
-    def sampler(self) -> TimestepSampler:
-        return TimestepSampler(self.timestep_sampling, self.shift, self.logit_mean, self.logit_std,
-                               self.sigmoid_scale, self.min_t, self.max_t)
+    def sampler(self, min_t: float | None = None, max_t: float | None = None, max_exclusive: bool = False) -> TimestepSampler:
+        """The timestep sampler; ``min_t`` / ``max_t`` (an expert's range) replace the configured ones."""
+        return TimestepSampler(self.timestep_sampling, self.shift, self.logit_mean, self.logit_std, self.sigmoid_scale,
+                               self.min_t if min_t is None else min_t, self.max_t if max_t is None else max_t, max_exclusive)
 
     def training_settings(self) -> dict:
         """The settings that determine the LoRA (what a resumable checkpoint must match)."""

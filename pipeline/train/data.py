@@ -20,7 +20,9 @@ import polars as pl
 import torch
 
 from pipeline.cache import CacheStore
+from pipeline.compat import check_encoded_for_profile
 from pipeline.profiles import Profile
+from pipeline.train.conditioning import TrainInputs
 
 log = logging.getLogger("train")
 
@@ -34,17 +36,13 @@ def _unit_hash(text: str) -> float:
 
 
 def check_profile(encoded: pl.DataFrame, profile: Profile, where: str = "encoded.parquet") -> None:
-    """Refuse latents or prompt embeddings that do not fit the profile's transformer."""
-    families = sorted(set(encoded["family"].to_list()))
-    if families and families != [profile.family]:
-        raise ValueError(f"{where}: samples are of family {families}, model profile '{profile.name}' is '{profile.family}' "
-                         "(re-run the encode stage with this profile)")
-    for shape in encoded["latent_shape"].to_list():
-        if shape[0] != profile.latent_channels:
-            raise ValueError(f"{where}: latents have {shape[0]} channels, profile '{profile.name}' needs {profile.latent_channels}")
-    for shape in encoded["text_shape"].to_list():
-        if shape[1] != profile.text_dim:
-            raise ValueError(f"{where}: prompt embeddings are {shape[1]} wide, profile '{profile.name}' needs {profile.text_dim}")
+    """Refuse samples the profile's transformer cannot train on: latents of another VAE, other
+    latent channels or text width, missing I2V conditioning (``compat.check_encoded_for_profile``;
+    latents of another family with the same VAE, e.g. Wan 2.1 T2V for Wan 2.2 T2V-A14B, are fine)."""
+    try:
+        check_encoded_for_profile(encoded, profile)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def build_samples(encoded: pl.DataFrame, clips: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
@@ -187,20 +185,40 @@ def pad_text(embeds: torch.Tensor, max_tokens: int) -> torch.Tensor:
 
 
 class CachedBatches:
-    """Loads a batch's latents and prompt embeddings from the cache and stacks them (float32)."""
+    """Loads a batch from the cache and stacks it (float32): latents, prompt embeddings, and the
+    family's conditioning (``cond``: the ``cond_latents`` entry of I2V families; ``image``: the
+    ``image_embeds`` entry of Wan 2.1 I2V)."""
 
-    def __init__(self, store: CacheStore, samples: pl.DataFrame, max_text_tokens: int):
+    def __init__(self, store: CacheStore, samples: pl.DataFrame, max_text_tokens: int, cond: bool = False,
+                 image: bool = False):
         self.store = store
         self.max_text_tokens = max_text_tokens
         self.latent_keys = samples["latent_key"].to_list()
         self.text_keys = samples["text_key"].to_list()
+        self.cond_keys = samples["cond_key"].to_list() if cond else None
+        self.image_keys = samples["image_key"].to_list() if image else None
         self.latent_shapes = [tuple(s) for s in samples["latent_shape"].to_list()]
         self.sample_ids = samples["sample_id"].to_list()
 
-    def missing(self) -> list[int]:
-        """Rows whose latent or text entry is not in the cache."""
-        return [i for i, (lk, tk) in enumerate(zip(self.latent_keys, self.text_keys))
-                if not self.store.has(lk) or not self.store.has(tk)]
+    def keys(self, row: int) -> list[str]:
+        """The cache keys a row needs."""
+        out = [self.latent_keys[row], self.text_keys[row]]
+        out += [self.cond_keys[row]] if self.cond_keys is not None else []
+        out += [self.image_keys[row]] if self.image_keys is not None else []
+        return out
+
+    def missing(self) -> dict[int, str]:
+        """Rows with a needed cache entry missing -> why (the entry's path, or an empty key)."""
+        out = {}
+        for i in range(len(self.latent_keys)):
+            for key in self.keys(i):
+                if not key:
+                    out[i] = "no conditioning entry in encoded.parquet (encoded for another model family?)"
+                    break
+                if not self.store.has(key):
+                    out[i] = f"{self.store.path(key)}: cache entry missing"
+                    break
+        return out
 
     def latents(self, row: int) -> torch.Tensor:
         lat = self.store.get(self.latent_keys[row])["latents"]
@@ -212,6 +230,22 @@ class CachedBatches:
     def text(self, row: int) -> torch.Tensor:
         return pad_text(self.store.get(self.text_keys[row])["prompt_embeds"].float(), self.max_text_tokens)
 
-    def load(self, rows: tuple[int, ...] | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents [B, C, F, H, W], prompt embeddings [B, max_text_tokens, D])."""
-        return torch.stack([self.latents(r) for r in rows]), torch.stack([self.text(r) for r in rows])
+    def cond(self, row: int) -> torch.Tensor:
+        c = self.store.get(self.cond_keys[row])["cond_latents"]
+        if tuple(c.shape) != self.latent_shapes[row]:
+            raise ValueError(f"{self.store.path(self.cond_keys[row])}: conditioning latents are {list(c.shape)}, "
+                             f"the sample's latents {list(self.latent_shapes[row])} (sample {self.sample_ids[row]})")
+        return c.float()
+
+    def image(self, row: int) -> torch.Tensor:
+        return self.store.get(self.image_keys[row])["image_embeds"].float()
+
+    def load(self, rows: tuple[int, ...] | list[int]) -> TrainInputs:
+        """Stacked tensors of ``rows``: latents [B, C, F, H, W], prompt embeddings [B, max_text_tokens, D],
+        conditioning latents [B, C, F, H, W] and image embeddings [B, N, D] when the family uses them."""
+        return TrainInputs(
+            torch.stack([self.latents(r) for r in rows]),
+            torch.stack([self.text(r) for r in rows]),
+            torch.stack([self.cond(r) for r in rows]) if self.cond_keys is not None else None,
+            torch.stack([self.image(r) for r in rows]) if self.image_keys is not None else None,
+        )

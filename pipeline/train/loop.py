@@ -8,11 +8,18 @@ predict noise - x0 (mean squared error). Because the data order, the noise and t
 are functions of the batch index, and checkpoints hold the LoRA weights, the optimizer, the
 scheduler and the RNG state (dropout), a resumed run ends with the same LoRA as an
 uninterrupted one.
+
+The family's conditioning (I2V channels and image embeddings, TI2V's clean first frame and
+per-token timesteps) comes from ``conditioning``; Wan 2.2 A14B trains one expert at a time
+(``experts``), each a run of its own with its own timestep range, optimizer, checkpoints
+(``checkpoints/high``, ``checkpoints/low``), loss files and LoRA files, loading only that
+expert's transformer.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import logging
 import math
@@ -21,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +42,10 @@ from pipeline.models.devices import resolve_device
 from pipeline.models.transformer import load_transformer
 from pipeline.profiles import Profile
 from pipeline.train import checkpoint as ckpt
+from pipeline.train.conditioning import T2V, Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batch, BatchPlan, CachedBatches, check_profile, held_out_flags, sample_repeats
+from pipeline.train.experts import Expert, all_lora_files, expert_label, experts_to_train
 from pipeline.train.estimate import Estimate, ModelSize, estimate_step, video_tokens
 from pipeline.train.lora import add_lora, lora_metadata, lora_state_dict, save_lora_files, trainable_parameters
 from pipeline.train.manifest import build_manifest, times_seen
@@ -52,16 +62,21 @@ def _seed(*parts) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
-def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       compute_dtype: torch.dtype) -> torch.Tensor:
-    """MSE between the model's velocity and noise - x0 at x_t = (1 - t) x0 + t noise."""
-    tt = t.view(-1, *([1] * (latents.dim() - 1)))
-    x_t = (1 - tt) * latents + tt * noise
-    target = noise - latents
+def flow_matching_loss(model, inputs: TrainInputs, t: torch.Tensor, noise: torch.Tensor, compute_dtype: torch.dtype,
+                       conditioning: Conditioning = T2V) -> torch.Tensor:
+    """MSE between the model's velocity and noise - x0 at x_t = (1 - t) x0 + t noise, the model
+    conditioned as the family's pipeline conditions it (TI2V videos: the first frame left out)."""
+    x0 = inputs.latents
+    tt = t.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - tt) * x0 + tt * noise
+    target = noise - x0
+    kwargs, skip_first = conditioning.model_inputs(inputs, x_t, t, tuple(model.config.patch_size))
+    kwargs = {k: (v if k == "timestep" else v.to(compute_dtype)) for k, v in kwargs.items()}
     autocast = compute_dtype != torch.float32
-    with torch.autocast(latents.device.type, dtype=compute_dtype, enabled=autocast):
-        pred = model(hidden_states=x_t.to(compute_dtype), timestep=t * 1000,
-                     encoder_hidden_states=text.to(compute_dtype), return_dict=False)[0]
+    with torch.autocast(x0.device.type, dtype=compute_dtype, enabled=autocast):
+        pred = model(**kwargs, encoder_hidden_states=inputs.text.to(compute_dtype), return_dict=False)[0]
+    if skip_first:
+        pred, target = pred[:, :, 1:], target[:, :, 1:]
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
@@ -101,21 +116,23 @@ def setup_lora_training(model, cfg: TrainConfig, storage: str, compute: torch.dt
     return lora_config
 
 
-def prepare_model(profile: Profile, cfg: TrainConfig, device: torch.device):
-    """The profile's transformer set up for LoRA training: (model, LoRA config, storage, compute dtype)."""
+def prepare_model(profile: Profile, cfg: TrainConfig, device: torch.device, expert: str = "transformer"):
+    """The profile's transformer (``expert``: which of a two-expert family's) set up for LoRA
+    training: (model, LoRA config, storage, compute dtype)."""
     storage, compute = resolve_storage(cfg.base_storage, device)
     # fp8: load and cast on the CPU, so the bf16 weights never have to fit on the GPU
-    model = load_transformer(profile, dtype=compute, device="cpu" if storage == "fp8" else device)
+    model = load_transformer(profile, dtype=compute, device="cpu" if storage == "fp8" else device, expert=expert)
     lora_config = setup_lora_training(model, cfg, storage, compute)
     return model.to(device), lora_config, storage, compute
 
 
-def micro_step(model, latents: torch.Tensor, text: torch.Tensor, sampler, generator: torch.Generator,
-               compute: torch.dtype, grad_accum: int = 1) -> float:
+def micro_step(model, inputs: TrainInputs, sampler, generator: torch.Generator, compute: torch.dtype,
+               grad_accum: int = 1, conditioning: Conditioning = T2V) -> float:
     """Forward and backward of one batch (noise and timesteps from ``generator``); returns the loss."""
+    latents = inputs.latents
     t = sampler.sample(latents.shape[0], generator, latents.device)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    loss = flow_matching_loss(model, latents, text, t, noise, compute)
+    loss = flow_matching_loss(model, inputs, t, noise, compute, conditioning)
     (loss / grad_accum).backward()
     return loss.item()
 
@@ -128,7 +145,7 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, scheduler, max_g
     optimizer.zero_grad(set_to_none=True)
 
 
-def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple[Batch, tuple[torch.Tensor, torch.Tensor]]]:
+def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple[Batch, TrainInputs]]:
     """Load the next batch from the cache in a thread while the current one trains."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         batch = next(batches)
@@ -142,21 +159,23 @@ def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple
 
 @torch.no_grad()
 def evaluate(model, loader: CachedBatches, rows: list[int], sample_ids: list[str], timesteps: list[float],
-             seed: int, device: torch.device, compute_dtype: torch.dtype) -> float:
-    """Mean loss over ``rows`` at fixed timesteps with fixed noise per sample (comparable across steps and runs)."""
+             seed: int, device: torch.device, compute_dtype: torch.dtype, conditioning: Conditioning = T2V,
+             t_range: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Mean loss over ``rows`` at fixed timesteps with fixed noise per sample (comparable across steps and runs).
+    ``t_range``: an expert's range; the timesteps are mapped into it (t -> lo + (hi - lo) t)."""
     if not rows:
         return math.nan
     was_training = model.training
     model.eval()
+    lo, hi = t_range
     total = 0.0
     for r in rows:
-        latents, text = loader.load([r])
-        latents, text = latents.to(device), text.to(device)
+        inputs = loader.load([r]).to(device)
         g = torch.Generator(device).manual_seed(_seed("eval", seed, sample_ids[r]))
-        noise = torch.randn(latents.shape, generator=g, device=device)
+        noise = torch.randn(inputs.latents.shape, generator=g, device=device)
         for t in timesteps:
-            tt = torch.full((1,), float(t), device=device)
-            total += flow_matching_loss(model, latents, text, tt, noise, compute_dtype).item()
+            tt = torch.full((1,), lo + (hi - lo) * float(t), device=device)
+            total += flow_matching_loss(model, inputs, tt, noise, compute_dtype, conditioning).item()
     model.train(was_training)
     return total / (len(rows) * len(timesteps))
 
@@ -175,27 +194,40 @@ def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple]) -> None:
         w.writerows(rows)
 
 
-def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore, out_dir: str | Path,
-          on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train a LoRA on ``samples`` (from ``data.build_samples``); write the run folder; return the metrics.
+@dataclass
+class RunData:
+    """What every expert of a run trains and evaluates on."""
 
-    ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step).
-    """
-    out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    check_profile(samples, profile)
+    samples: pl.DataFrame
+    loader: CachedBatches
+    held: list[bool]
+    train_rows: list[int]
+    eval_rows: list[int]
+    plan: BatchPlan
+    sample_ids: list[str]
 
-    loader = CachedBatches(store, samples, profile.max_text_tokens)
-    missing = set(loader.missing())
-    for r in sorted(missing):
-        key = samples["latent_key"][r] if not store.has(samples["latent_key"][r]) else samples["text_key"][r]
-        log.warning("%s: cache entry missing, sample %s skipped (re-run the encode stage)", store.path(key), samples["sample_id"][r])
+    @property
+    def train_samples(self) -> pl.DataFrame:
+        return self.samples[self.train_rows]
+
+
+def prepare_data(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore,
+                 conditioning: Conditioning) -> RunData:
+    """Drop what cannot be trained (with a logged reason), split off the held-out samples, plan the batches."""
+    if not conditioning.trains_images:
+        n_images = int((samples["kind"] == "image").sum())
+        if n_images:
+            log.warning("%d image sample(s) skipped: the %s family is conditioned on the first frame, so a one-frame "
+                        "sample would be its own condition", n_images, profile.family)
+            samples = samples.filter(pl.col("kind") != "image")
+    flags = {"cond": conditioning.needs_cond, "image": conditioning.image_embeds}
+    loader = CachedBatches(store, samples, profile.max_text_tokens, **flags)
+    missing = loader.missing()
+    for r, why in sorted(missing.items()):
+        log.warning("%s: sample %s skipped (re-run the encode stage)", why, samples["sample_id"][r])
     if missing:
-        keep = [i for i in range(samples.height) if i not in missing]
-        samples = samples[keep]
-        loader = CachedBatches(store, samples, profile.max_text_tokens)
+        samples = samples[[i for i in range(samples.height) if i not in missing]]
+        loader = CachedBatches(store, samples, profile.max_text_tokens, **flags)
     if samples.height == 0:
         raise ValueError("no samples to train on (encoded.parquet is empty or every cache entry is missing)")
 
@@ -205,12 +237,99 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
     train_samples = samples[train_rows]
     plan = BatchPlan(train_samples, sample_repeats(train_samples, cfg.repeats, cfg.dataset_repeats),
                      cfg.batch_size, cfg.seed, cfg.image_batch_fraction)
-    sample_ids = samples["sample_id"].to_list()
     log.info("%d training samples (%s), %d held out; buckets: %s", len(train_rows),
              ", ".join(f"{k}: {plan.batches_per_epoch[k]} batches/epoch" for k in plan.kinds), len(held) - len(train_rows),
              ", ".join(f"{b[0]} {b[1]}x{b[2]}x{b[3]}" for b in sorted(set(plan.buckets))))
+    return RunData(samples, loader, held, train_rows, eval_rows, plan, samples["sample_id"].to_list())
 
-    model, lora_config, storage, compute = prepare_model(profile, cfg, device)
+
+def clear_other_lora_files(out_dir: Path, experts: list[Expert]) -> None:
+    """Remove LoRA files of another family or expert choice from the run folder: they were not
+    trained on this run's manifest (``vlp audit`` would report them as changed)."""
+    keep = {name for e in experts for name in e.files}
+    for name in sorted(all_lora_files() - keep):
+        if (out_dir / name).exists():
+            (out_dir / name).unlink()
+            log.info("%s: removed (not written by this run's family / train.expert; use train.expert: both or "
+                     "another run_name to keep both experts)", out_dir / name)
+
+
+def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore, out_dir: str | Path,
+          on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the LoRA(s) on ``samples`` (from ``data.build_samples``); write the run folder; return the metrics.
+
+    ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step);
+    with two experts trained in turn the second one's steps count on from ``train.steps``.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    check_profile(samples, profile)
+    experts = experts_to_train(profile, cfg.expert, cfg.min_t, cfg.max_t)
+    conditioning = Conditioning.of(profile)
+    data = prepare_data(cfg, profile, samples, store, conditioning)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_other_lora_files(out_dir, experts)
+
+    # the manifest is a function of the samples and the batch plan: the same bytes for every expert
+    seen = times_seen(data.plan, cfg.steps * cfg.grad_accum, data.train_rows, data.samples.height)
+    manifest = build_manifest(data.samples, [n * len(experts) for n in seen], data.held, profile.family,
+                              expert_label(experts))
+    manifest_path = out_dir / "manifest.parquet"
+
+    def save_manifest() -> str:
+        schemas.write_table(manifest, manifest_path, "manifest")
+        return sha256_file(manifest_path)
+
+    results, curves = {}, Curves(out_dir)
+    for i, expert in enumerate(experts):
+        if expert.name:
+            log.info("expert %s (%s): t in [%.4g, %.4g%s", expert.name, expert.model, expert.min_t, expert.max_t,
+                     ")" if expert.max_exclusive else "]")
+        step_cb = None
+        if on_step is not None:
+            step_cb = (lambda offset: lambda step, loss: on_step(offset + step, loss))(i * cfg.steps)
+        results[expert.name] = train_expert(cfg, profile, expert, data, conditioning, out_dir, device, save_manifest,
+                                            curves, i * cfg.steps, step_cb)
+    if len(experts) == 1 and not experts[0].name:
+        metrics = {"family": profile.family, **results[""]}
+    else:
+        metrics = {"family": profile.family, "expert": expert_label(experts), **results}
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+class Curves:
+    """``loss.csv`` / ``eval_loss.csv`` of a run (``dvc plots``). With two experts trained in turn the
+    curves run on: the second expert's steps count from ``train.steps``, and a third column names the
+    expert of each row."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.done: dict[str, list[tuple]] = {"train_loss": [], "eval_loss": []}  # rows of the experts already trained
+
+    def write(self, expert: Expert, offset: int, train_losses: list[tuple], eval_losses: list[tuple]) -> None:
+        for name, rows in (("train_loss", train_losses), ("eval_loss", eval_losses)):
+            path = self.out_dir / ("loss.csv" if name == "train_loss" else "eval_loss.csv")
+            if expert.name:
+                _write_csv(path, ("step", name, "expert"), self.done[name] + [(offset + s, v, expert.name) for s, v in rows])
+            else:
+                _write_csv(path, ("step", name), rows)
+
+    def finish(self, expert: Expert, offset: int, train_losses: list[tuple], eval_losses: list[tuple]) -> None:
+        self.write(expert, offset, train_losses, eval_losses)
+        if expert.name:
+            self.done["train_loss"] += [(offset + s, v, expert.name) for s, v in train_losses]
+            self.done["eval_loss"] += [(offset + s, v, expert.name) for s, v in eval_losses]
+
+
+def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunData, conditioning: Conditioning,
+                 out_dir: Path, device: torch.device, save_manifest: Callable[[], str], curves: Curves,
+                 step_offset: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train one transformer's LoRA (resuming from its checkpoints), write its LoRA files and loss curves; its metrics."""
+    loader, sample_ids = data.loader, data.sample_ids
+    model, lora_config, storage, compute = prepare_model(profile, cfg, device, expert.model)
     params = trainable_parameters(model)
     optimizer, is_8bit = make_optimizer(cfg, list(params.values()), device)
     from diffusers.optimization import get_scheduler
@@ -218,16 +337,18 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.steps)
 
-    biggest = max(train_samples["latent_shape"].to_list(), key=lambda s: video_tokens(s))
+    biggest = max(data.train_samples["latent_shape"].to_list(), key=lambda s: video_tokens(s))
     est = estimate_step(ModelSize.of(model), video_tokens(biggest), profile.max_text_tokens, cfg.batch_size,
                         storage, cfg.gradient_checkpointing, is_8bit,
                         torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     log.info("largest bucket latents %s: %s", biggest, est.describe())
 
+    tag = (expert.name,) if expert.name else ()  # seeds of a single-expert run stay as they were
     fingerprint = sha256_json({"settings": cfg.training_settings(), "profile": profile.name, "repo": profile.repo,
-                               "storage": storage, "samples": [sample_ids, samples["latent_key"].to_list(),
-                                                               samples["text_key"].to_list(), held]})
-    ckpt_dir = out_dir / "checkpoints"
+                               "storage": storage, **({"expert": expert.name} if expert.name else {}),
+                               "samples": [sample_ids, data.samples["latent_key"].to_list(),
+                                           data.samples["text_key"].to_list(), data.held]})
+    ckpt_dir = out_dir / "checkpoints" / expert.name if expert.name else out_dir / "checkpoints"
     start, train_losses, eval_losses, resumed_from = 0, [], [], None
     found = ckpt.load_latest(ckpt_dir, fingerprint)
     if found is not None:
@@ -239,15 +360,17 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
     else:
         if n := ckpt.clear(ckpt_dir):
             log.info("%s: removed %d checkpoint(s) of another configuration", ckpt_dir, n)
-        torch.manual_seed(_seed("global", cfg.seed))
+        torch.manual_seed(_seed("global", cfg.seed, *tag))
         if device.type == "cuda":
-            torch.cuda.manual_seed_all(_seed("global", cfg.seed))
+            torch.cuda.manual_seed_all(_seed("global", cfg.seed, *tag))
 
-    sampler = cfg.sampler()
+    sampler = cfg.sampler(expert.min_t, expert.max_t, expert.max_exclusive)
+    eval_range = (expert.min_t, expert.max_t) if expert.name else (0.0, 1.0)
 
     def run_eval(step: int) -> None:
-        if eval_rows and not any(s == step for s, _ in eval_losses):
-            value = evaluate(model, loader, eval_rows, sample_ids, cfg.eval_timesteps, cfg.eval_seed, device, compute)
+        if data.eval_rows and not any(s == step for s, _ in eval_losses):
+            value = evaluate(model, loader, data.eval_rows, sample_ids, cfg.eval_timesteps, cfg.eval_seed, device, compute,
+                             conditioning, eval_range)
             eval_losses.append((step, value))
             log.info("step %d: eval loss %.5f", step, value)
 
@@ -255,17 +378,18 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
         torch.cuda.reset_peak_memory_stats(device)
     if start == 0:
         run_eval(0)
-    batches = _prefetch(plan.iterate(start * cfg.grad_accum), loader)
+    batches = _prefetch(data.plan.iterate(start * cfg.grad_accum), loader)
     step_times = []
-    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps, disable=not cfg.progress)
+    bar = tqdm(range(start, cfg.steps), desc=f"train {expert.name}".rstrip(), unit="step", initial=start, total=cfg.steps,
+               disable=not cfg.progress)
     for step in bar:
         t0 = time.perf_counter()
         micro_losses = []
         for _ in range(cfg.grad_accum):
-            batch, (latents, text) = next(batches)
-            latents, text = latents.to(device, non_blocking=True), text.to(device, non_blocking=True)
-            g = torch.Generator(device).manual_seed(_seed("batch", cfg.seed, batch.index))
-            micro_losses.append(micro_step(model, latents, text, sampler, g, compute, cfg.grad_accum))
+            batch, inputs = next(batches)
+            inputs = inputs.to(device, non_blocking=True)
+            g = torch.Generator(device).manual_seed(_seed("batch", cfg.seed, *tag, batch.index))
+            micro_losses.append(micro_step(model, inputs, sampler, g, compute, cfg.grad_accum, conditioning))
         optimizer_step(list(params.values()), optimizer, scheduler, cfg.max_grad_norm)
         done = step + 1
         value = sum(micro_losses) / len(micro_losses)
@@ -280,27 +404,26 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
             ckpt.save_checkpoint(ckpt_dir, done, params, optimizer, scheduler,
                                  {"fingerprint": fingerprint, "train_losses": train_losses, "eval_losses": eval_losses,
                                   "batches_consumed": done * cfg.grad_accum}, keep=cfg.keep_checkpoints)
-            _write_csv(out_dir / "loss.csv", ("step", "train_loss"), train_losses)  # follow a long run
-            _write_csv(out_dir / "eval_loss.csv", ("step", "eval_loss"), eval_losses)
+            curves.write(expert, step_offset, train_losses, eval_losses)  # follow a long run
         if on_step is not None:
             on_step(done, value)
     run_eval(cfg.steps)
     peak_gib, peak_kind = peak_memory(device)
     log.info("measured peak memory %.2f GiB (%s); estimate was %.2f GiB", peak_gib, peak_kind, est.peak_gib)
 
-    # outputs: manifest first (its hash goes into the LoRA metadata)
-    seen = times_seen(plan, cfg.steps * cfg.grad_accum, train_rows, samples.height)
-    manifest_path = out_dir / "manifest.parquet"
-    schemas.write_table(build_manifest(samples, seen, held), manifest_path, "manifest")
+    # outputs: the manifest first (its hash goes into the LoRA metadata)
     meta = lora_metadata(run_name=cfg.run_name, profile=profile.name, family=profile.family,
                          base_model=profile.repo or "tiny", rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets,
-                         steps=cfg.steps, manifest_sha256=sha256_file(manifest_path), expert=cfg.expert)
-    save_lora_files(out_dir, lora_state_dict(model), lora_config, meta, SAVE_DTYPES[cfg.save_dtype])
-    _write_csv(out_dir / "loss.csv", ("step", "train_loss"), train_losses)
-    _write_csv(out_dir / "eval_loss.csv", ("step", "eval_loss"), eval_losses)
+                         steps=cfg.steps, manifest_sha256=save_manifest(), expert=expert.name)
+    save_lora_files(out_dir, lora_state_dict(model), lora_config, meta, SAVE_DTYPES[cfg.save_dtype], *expert.files)
+    curves.finish(expert, step_offset, train_losses, eval_losses)
     metrics = _metrics(cfg, train_losses, eval_losses, est, peak_gib, peak_kind, step_times, device,
-                       len(train_rows), len(held) - len(train_rows), sum(p.numel() for p in params.values()), resumed_from)
-    write_json(out_dir / "metrics.json", metrics)
+                       len(data.train_rows), len(data.held) - len(data.train_rows),
+                       sum(p.numel() for p in params.values()), resumed_from)
+    del model, params, optimizer, scheduler  # the next expert loads into the memory this one held
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return metrics
 
 

@@ -1,5 +1,8 @@
 """The LoRA adapter: set-up on the transformer through peft, and the two files a run writes.
 
+A single-expert family writes the two files below; Wan 2.2 A14B writes them per expert as
+``lora_high_noise[_comfy].safetensors`` and ``lora_low_noise[_comfy].safetensors`` (``experts``).
+
 - ``lora.safetensors``: diffusers/peft layout (``transformer.blocks.N.attn1.to_q.lora_A.weight``)
   with the adapter config in the ``lora_adapter_metadata`` entry, as diffusers writes it, so
   ``WanPipeline.load_lora_weights`` restores rank and alpha.
@@ -29,9 +32,11 @@ DIFFUSERS_FILE = "lora.safetensors"
 COMFY_FILE = "lora_comfy.safetensors"
 
 # Every Linear in the attention and the FFN of each block (diffusers names inside a block).
+# ``attn2.add_k_proj`` / ``add_v_proj`` (the image keys/values, ComfyUI ``k_img`` / ``v_img``) exist
+# only in Wan 2.1 I2V models; in other families they match nothing.
 DEFAULT_TARGETS = [
     "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "attn2.add_k_proj", "attn2.add_v_proj",
     "ffn.net.0.proj", "ffn.net.2",
 ]
 

@@ -8,7 +8,8 @@ x_t = (1 - t) * x0 + t * noise; the model sees ``t * 1000`` and predicts ``noise
 - ``shift``: the sigmoid draw, then shifted towards noise: t' = shift * t / (1 + (shift - 1) * t)
   (the shift Wan's sampler uses; 3.0 is the usual value for Wan LoRAs).
 
-The result is then mapped into [min_t, max_t] (a Wan 2.2 expert trains on its own range).
+The result is then mapped into [min_t, max_t] (a Wan 2.2 expert trains on its own range); with
+``max_exclusive`` it stays strictly below max_t (the low-noise expert stops below the boundary).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TimestepSampler:
     sigmoid_scale: float = 1.0
     min_t: float = 0.0
     max_t: float = 1.0
+    max_exclusive: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -44,7 +46,7 @@ class TimestepSampler:
             raise ValueError(f"timesteps: shift must be positive, got {self.shift}")
 
     def sample(self, n: int, generator: torch.Generator, device: str | torch.device = "cpu") -> torch.Tensor:
-        """``n`` timesteps in [min_t, max_t], float32, drawn from ``generator``."""
+        """``n`` timesteps in [min_t, max_t] (or [min_t, max_t)), float32, drawn from ``generator``."""
         if self.method == "uniform":
             t = torch.rand(n, generator=generator, device=device)
         elif self.method == "logit_normal":
@@ -53,4 +55,8 @@ class TimestepSampler:
             t = torch.sigmoid(self.sigmoid_scale * torch.randn(n, generator=generator, device=device))
             if self.method == "shift":
                 t = shift_timesteps(t, self.shift)
-        return self.min_t + (self.max_t - self.min_t) * t
+        t = self.min_t + (self.max_t - self.min_t) * t
+        if self.max_exclusive:
+            below = torch.nextafter(torch.tensor(self.max_t, dtype=t.dtype), torch.tensor(0.0, dtype=t.dtype))
+            t = t.clamp(max=below.item())
+        return t
