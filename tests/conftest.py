@@ -25,3 +25,14 @@ def carphone() -> Path:
 @pytest.fixture(scope="session")
 def bunny() -> Path:
     return sample_video("bigbuckbunny.mp4")
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models run fastest on one thread; more threads spin against each other on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

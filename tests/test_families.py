@@ -27,12 +27,7 @@ FAMILIES = ["tiny", "tiny-i2v", "tiny-ti2v", "tiny-t2v-a14b", "tiny-i2v-a14b"]
 FILES = {"": ["lora.safetensors"], "high": ["lora_high_noise.safetensors"], "low": ["lora_low_noise.safetensors"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def params(**kw):
