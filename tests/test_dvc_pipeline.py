@@ -106,3 +106,17 @@ def test_caption_edit_reencodes_exactly_one_text(repro):
     captions = schemas.read_table(work / "data/captions.parquet", "captions")
     edited = captions.filter(pl.col("clip_id") == clip).row(0, named=True)
     assert (edited["source"], edited["caption"]) == ("edit", "A person rides a bike on a dirt road.")
+
+
+def test_exp_run_with_another_rank_reruns_only_train(repro):
+    work, _, _, env = repro
+    out = _run(["dvc", "exp", "run", "-S", "train.rank=16"], work, env)
+    for stage in ("probe", "split", "score", "filter", "caption", "encode"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, (stage, out[-2000:])
+    assert "Running stage 'train'" in out
+    metrics = json.loads((work / "data/metrics/encode.json").read_text())
+    assert metrics["latents_computed"] == 0 and metrics["texts_computed"] <= 1
+    from safetensors import safe_open
+
+    with safe_open(str(work / "data/lora/default/lora.safetensors"), "pt") as f:
+        assert f.metadata()["vlp.rank"] == "16"
