@@ -131,7 +131,9 @@ def _runs(lora_dir: Path, out_dir: Path) -> tuple[list[RunView], list[str]]:
                 metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
             except ValueError as exc:
                 problems.append(f"{folder / 'metrics.json'}: unreadable ({exc})")
-        views.append(RunView(run.name, str(run.lora_path), run.verified, run.problem, run.metadata,
+        # Wan 2.2 A14B: one view per expert LoRA file, labelled so the two are told apart
+        label = f"{run.name} ({run.expert}-noise expert)" if run.expert else run.name
+        views.append(RunView(label, str(run.lora_path), run.verified, run.problem, run.metadata,
                              audit.clip_rows(run.manifest), f"runs/{png}" if has_png else None,
                              metrics if isinstance(metrics, dict) else {}))
     for f in runs_dir.glob("*.png"):

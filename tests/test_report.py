@@ -183,3 +183,14 @@ def test_video_frames_of_a_clip_shorter_than_its_row(tmp_path):
     assert first.shape == (32, 48, 3)
     assert not np.array_equal(first, last)
     assert np.array_equal(middle, last)  # frame 20 does not exist: the last decoded frame stands in
+
+
+def test_two_expert_run_lists_each_expert(project, tmp_path):
+    root, t = project
+    work = tmp_path / "proj"
+    shutil.copytree(root, work)
+    rows = [manifest_row(t["ids"]["v1a"], "a1" * 32, "people/alice_walk.mp4", caption="sks woman walks")]
+    write_run(work / "data/lora/a14b", rows, family="wan2.2-t2v-a14b", experts=("high", "low"))
+    html = _build(work).read_text()
+    assert "(high-noise expert)" in html and "(low-noise expert)" in html
+    assert "lora_high_noise.safetensors" in html and "lora_low_noise.safetensors" in html
