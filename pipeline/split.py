@@ -7,6 +7,7 @@ re-run after adding one video only works on that video.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -216,24 +217,17 @@ def split_sources(
             prev_by_source.setdefault(r["source_id"], {})[r["clip_id"]] = r
     tasks = [(s, str(raw_root), str(clips_dir), cfg, prev_by_source.get(s["source_id"], {})) for s in ok]
     rows: list[dict] = []
-    bar = tqdm(total=len(tasks), desc="split", unit="video")
-    if jobs <= 1 or len(tasks) <= 1:
-        results = (_split_one(t) for t in tasks)
-        for path, r, notes in results:
+    parallel = jobs > 1 and len(tasks) > 1
+    with contextlib.ExitStack() as stack:
+        if parallel:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(jobs, len(tasks))))
+            results = (f.result() for f in as_completed([pool.submit(_split_one, t) for t in tasks]))
+        else:
+            results = (_split_one(t) for t in tasks)
+        for _, r, notes in tqdm(results, total=len(tasks), desc="split", unit="video"):
             rows += r
             for line in notes:
                 log.warning(line)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            futures = [pool.submit(_split_one, t) for t in tasks]
-            for fut in as_completed(futures):
-                path, r, notes = fut.result()
-                rows += r
-                for line in notes:
-                    log.warning(line)
-                bar.update()
-    bar.close()
     table = schemas.frame("clips", rows).sort(["source_path", "start_frame", "clip_id"])
     if prune:
         keep = {Path(p).name for p in table["path"].to_list() if p}
