@@ -15,6 +15,14 @@ same call: the baseline's figures are in ``bench/baseline-h200.jsonl`` of the sh
   python bench/train_step.py --tiny                  # CPU smoke test of the same code
   python bench/train_step.py --profile wan2.2-ti2v-5b --cases 5b   # another family's model and conditioning
   python bench/train_step.py --tiny --profile tiny-i2v
+  python bench/train_step.py --cases 14b_fp8 --budget 24   # the planned run, capped at 24 GiB
+
+With ``--budget`` the memory planner of the train stage picks block swap / activation offload /
+FFN chunks for that budget, and on a GPU the process is capped there with
+``torch.cuda.set_per_process_memory_fraction`` (after the model is built and its swapped
+blocks are parked in host memory), so the step runs as on a card of that size. ``--plan
+N,offload,chunks`` forces a plan instead. ``bench/train_memory.py`` runs the issue's set of
+cases and prints them side by side.
 
 Each case prints one JSON line and appends it to $OUT/train_step.jsonl (partial results
 survive a timeout).
@@ -39,8 +47,11 @@ from pipeline.models.transformer import TINY_IMAGE_DIM, build_on_device, transfo
 from pipeline.profiles import get_profile
 from pipeline.train.conditioning import Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
-from pipeline.train.estimate import ModelSize, estimate_step, video_tokens
-from pipeline.train.loop import make_optimizer, micro_step, optimizer_step, resolve_storage, setup_lora_training
+from pipeline.train.estimate import MemoryPlan, ModelSize, video_tokens
+from pipeline.train.loop import (make_optimizer, micro_step, optimizer_is_8bit, optimizer_step, resolve_storage,
+                                 setup_lora_training)
+from pipeline.train.memory import apply_memory_plan
+from pipeline.train.planner import Wanted, choose_plan
 
 
 REAL_IMAGE_DIM, REAL_IMAGE_TOKENS, TINY_IMAGE_TOKENS = 1280, 257, 17  # CLIP ViT-H/14 at 224 px; the tiny CLIP
@@ -63,22 +74,35 @@ def run_case(name: str, args, device: torch.device) -> dict:
            "storage": storage}
 
     t0 = time.time()
-    model = build_on_device(transformer_config(size, ch, text_dim, transformer_in_channels(prof), image_dim), compute, device)
+    config = transformer_config(size, ch, text_dim, transformer_in_channels(prof), image_dim)
+    if args.tiny and args.layers:
+        config["num_layers"] = args.layers
+    model = build_on_device(config, compute, device)
     model.requires_grad_(False)
     setup_lora_training(model, cfg, storage, compute)
+    size_info = ModelSize.of(model)
+    wanted = Wanted(*args.plan) if args.plan else Wanted(0, False, 1) if args.budget is None else Wanted()
+    plan, est = choose_plan(size_info, video_tokens(latent), args.budget, wanted, text_tokens=text_len, batch_size=1,
+                            storage=storage, checkpointing=True, optimizer_8bit=optimizer_is_8bit(cfg, device),
+                            gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    print(f"# {name}: {plan.describe(size_info.num_layers)}; {est.describe()}", flush=True)
+    memory = apply_memory_plan(model, plan, device, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, is_8bit = make_optimizer(cfg, params, device)
     from diffusers.optimization import get_scheduler
 
     scheduler = get_scheduler("constant", optimizer)
-    size_info = ModelSize.of(model)
-    est = estimate_step(size_info, video_tokens(latent), text_len, 1, storage, True, is_8bit,
-                        torch.cuda.get_device_name(device) if device.type == "cuda" else None)
-    print(f"# {name}: {est.describe()}", flush=True)
     rec.update(params_total=size_info.base_params + size_info.lora_params, params_lora=size_info.lora_params,
-               optimizer_8bit=is_8bit, build_s=round(time.time() - t0, 1),
-               estimate_peak_gb=round(est.peak_gib, 2), estimate_step_s=round(est.step_s, 3))
+               optimizer_8bit=is_8bit, build_s=round(time.time() - t0, 1), budget_gib=args.budget,
+               plan=plan.describe(size_info.num_layers), blocks_to_swap=plan.blocks_to_swap,
+               offload_activations=plan.offload_activations, ffn_chunks=plan.ffn_chunks,
+               estimate_peak_gb=round(est.peak_gib, 6), estimate_step_s=round(est.step_s, 3))
     if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        if args.budget is not None:  # play a card of this size from here on
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget * 2**30 / total), device)
         rec["weights_resident_gb"] = round(torch.cuda.memory_allocated(device) / 2**30, 2)
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -92,8 +116,7 @@ def run_case(name: str, args, device: torch.device) -> dict:
     inputs = TrainInputs(latents, text, cond, image)
     sampler = cfg.sampler()
     times, loss = [], 0.0
-    steps = max(2, args.steps - 1) if size == "14b" else args.steps
-    for _ in range(steps + 1):
+    for _ in range(args.steps + 1):
         sync(device)
         t1 = time.time()
         loss = micro_step(model, inputs, sampler, g, compute, conditioning=conditioning)
@@ -103,14 +126,21 @@ def run_case(name: str, args, device: torch.device) -> dict:
     steady = times[1:]
     rec.update(first_step_s=round(times[0], 2), step_s_median=round(statistics.median(steady), 3),
                step_s_min=round(min(steady), 3), loss=round(loss, 4))
+    rec.update(memory.stats())
     if device.type == "cuda":
         rec["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        rec["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
     else:
         import resource
 
         rec["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    del model, optimizer, params, latents, text, inputs
+    del model, optimizer, params, latents, text, inputs, memory
     return rec
+
+
+def _plan(text: str) -> tuple[int, bool, int]:
+    n, offload, chunks = (int(x) for x in text.split(","))
+    return n, bool(offload), chunks
 
 
 def sync(device: torch.device) -> None:
@@ -128,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
                          "channels (and CLIP embeddings for Wan 2.1), ti2v uses 48 channels and 16x VAE "
                          "compression (default wan2.1-t2v-1.3b; the size comes from --cases)")
     ap.add_argument("--fp8", action="store_true", help="run only the fp8 variant of each case")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps after a warm-up step (default 4)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up step (default 5)")
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "auto"],
                     help="adamw matches the baseline (default); auto = the stage's default")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="GiB: plan for this budget and (on a GPU) cap the process there (default: no plan, no cap)")
+    ap.add_argument("--plan", type=_plan, default=None, metavar="N,OFFLOAD,CHUNKS",
+                    help="force a memory plan, e.g. 20,1,1 (blocks to swap, offload 0/1, FFN chunks)")
+    ap.add_argument("--layers", type=int, default=None, help="--tiny only: blocks of the tiny model (default 2)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

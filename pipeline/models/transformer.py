@@ -105,22 +105,48 @@ def build_transformer(config: dict, seed: int = TINY_SEED, dtype: torch.dtype = 
         model = WanTransformer3DModel(**config)
     torch.nn.Module.to(model, device=device, dtype=dtype)  # ModelMixin.to warns about the float32 modules
     if dtype != torch.float32:  # as from_pretrained(torch_dtype=...) does
-        keep = set(model._keep_in_fp32_modules or [])
-        for name, module in model.named_modules():
-            if keep & set(name.split(".")):
-                module.to(torch.float32)
+        _keep_fp32_modules(model)
     return model
 
 
+def _keep_fp32_modules(model: WanTransformer3DModel) -> None:
+    """Put the modules diffusers keeps in float32 (time embedding, modulation tables, norms) back
+    in float32, as ``from_pretrained(torch_dtype=...)`` leaves them."""
+    keep = set(model._keep_in_fp32_modules or [])
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.to(torch.float32)
+
+
 def build_on_device(config: dict, dtype: torch.dtype, device: str | torch.device) -> WanTransformer3DModel:
-    """Random weights created directly on ``device`` in ``dtype`` (fast, for benchmarks at real size)."""
+    """Random weights created directly on ``device`` in ``dtype`` (fast, for benchmarks at real size);
+    the float32 modules stay float32, as in a loaded model."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            return WanTransformer3DModel(**config)
+            model = WanTransformer3DModel(**config)
     finally:
         torch.set_default_dtype(previous)
+    if dtype != torch.float32:
+        _keep_fp32_modules(model)
+    return model
+
+
+def profile_transformer_config(profile: Profile, expert: str = "transformer") -> dict:
+    """The config of the profile's transformer without loading weights: the tiny stand-in's, or
+    the ``config.json`` of the weights' folder."""
+    if profile.is_tiny:
+        return tiny_transformer_config(profile)
+    config = dict(WanTransformer3DModel.load_config(str(model_folder(profile, expert))))
+    known = set(WanTransformer3DModel.extract_init_dict(config)[0])
+    return {k: v for k, v in config.items() if k in known}
+
+
+def build_on_meta(config: dict) -> WanTransformer3DModel:
+    """The model's structure with no memory behind it (for counting parameters before loading)."""
+    with torch.device("meta"):
+        return WanTransformer3DModel(**config)
 
 
 def load_transformer(profile: Profile, dtype: torch.dtype = torch.bfloat16,

@@ -10,8 +10,11 @@ from pipeline.train.timesteps import TimestepSampler
 # Settings that change how a run is recorded, not the LoRA it makes: a checkpoint written under
 # other values of these is still resumed.
 # (``expert`` picks which experts train; each expert's checkpoints are its own.)
+# The memory plan is bookkeeping too: swap and offload give bitwise the same LoRA, FFN chunks the
+# same up to float rounding, so a run may resume on another card with another plan.
 BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
-               "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert"}
+               "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert",
+               "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib"}
 
 
 @dataclass
@@ -45,6 +48,10 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     base_storage: str = "bf16"  # bf16 | fp8 (float8_e4m3fn storage, bf16 compute) | fp32
     device: str = "auto"
+    blocks_to_swap: int | str = "auto"  # auto | N: blocks whose frozen weights stream from host memory
+    offload_activations: bool | str = "auto"  # auto | true | false: block inputs kept in host memory
+    ffn_chunks: int | str = "auto"  # auto | N: each block's FFN over N token chunks
+    vram_budget_gib: float | None = None  # memory to plan for; None: the GPU's free memory
     # data
     repeats: dict[str, int] = field(default_factory=lambda: {"video": 1, "image": 1})
     dataset_repeats: dict[str, int] = field(default_factory=dict)
@@ -85,7 +92,30 @@ class TrainConfig:
             raise ValueError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.expert not in ("high", "low", "both"):
             raise ValueError(f"train.expert must be high, low or both, got '{self.expert}'")
+        self._validate_memory()
         self.sampler()  # checks the timestep settings
+
+    def _validate_memory(self) -> None:
+        swap, offload, chunks = self.blocks_to_swap, self.offload_activations, self.ffn_chunks
+        if swap != "auto" and (isinstance(swap, bool) or not isinstance(swap, int) or swap < 0):
+            raise ValueError(f"train.blocks_to_swap must be auto or a number of blocks >= 0, got {swap!r}")
+        if offload != "auto" and not isinstance(offload, bool):
+            raise ValueError(f"train.offload_activations must be auto, true or false, got {offload!r}")
+        if chunks != "auto" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+            raise ValueError(f"train.ffn_chunks must be auto or a number >= 1, got {chunks!r}")
+        budget = self.vram_budget_gib
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
+            raise ValueError(f"train.vram_budget_gib must be null or a number of GiB > 0, got {budget!r}")
+        if not self.gradient_checkpointing and ((swap != "auto" and swap > 0) or offload is True):
+            raise ValueError("train.blocks_to_swap and train.offload_activations need train.gradient_checkpointing: true "
+                             "(the swapped weights and offloaded inputs are brought back for the recompute)")
+
+    def wanted_memory(self):
+        """The memory choices the params fix (``auto``: None, the planner's)."""
+        from pipeline.train.planner import Wanted
+
+        pick = lambda v: None if v == "auto" else v  # noqa: E731
+        return Wanted(pick(self.blocks_to_swap), pick(self.offload_activations), pick(self.ffn_chunks))
 
     def sampler(self, min_t: float | None = None, max_t: float | None = None, max_exclusive: bool = False) -> TimestepSampler:
         """The timestep sampler; ``min_t`` / ``max_t`` (an expert's range) replace the configured ones."""

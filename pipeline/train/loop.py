@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
+import importlib.util
 import logging
 import math
 import resource
@@ -39,15 +40,18 @@ from pipeline import schemas
 from pipeline.cache import CacheStore
 from pipeline.fsutil import atomic_path, sha256_file, sha256_json, write_json
 from pipeline.models.devices import resolve_device
-from pipeline.models.transformer import load_transformer
+from pipeline.models.transformer import build_on_meta, load_transformer, profile_transformer_config
 from pipeline.profiles import Profile
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.conditioning import T2V, Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batch, BatchPlan, CachedBatches, check_profile, held_out_flags, sample_repeats
 from pipeline.train.experts import Expert, all_lora_files, expert_label, experts_to_train
-from pipeline.train.estimate import Estimate, ModelSize, estimate_step, video_tokens
+from pipeline.train.estimate import NO_PLAN, Estimate, MemoryPlan, ModelSize, video_tokens
 from pipeline.train.lora import add_lora, lora_metadata, lora_state_dict, save_lora_files, trainable_parameters
+from pipeline.train.memory import MemoryRuntime, apply_memory_plan
+from pipeline.train.planner import choose_plan
+from pipeline.train.precision import keep_condition_embedder_out_of_autocast
 from pipeline.train.manifest import build_manifest, times_seen
 
 log = logging.getLogger("train")
@@ -80,50 +84,95 @@ def flow_matching_loss(model, inputs: TrainInputs, t: torch.Tensor, noise: torch
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
+def optimizer_is_8bit(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether ``make_optimizer`` gives bitsandbytes' AdamW8bit: when asked, or on ``auto`` with a
+    GPU and bitsandbytes installed."""
+    if cfg.optimizer == "adamw8bit":
+        return True
+    if cfg.optimizer == "auto" and device.type == "cuda":
+        return importlib.util.find_spec("bitsandbytes") is not None
+    return False
+
+
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device) -> tuple[torch.optim.Optimizer, bool]:
     """(optimizer, is 8-bit): bitsandbytes AdamW8bit when asked, or on ``auto`` with a GPU and bitsandbytes."""
-    want_8bit = cfg.optimizer == "adamw8bit" or (cfg.optimizer == "auto" and device.type == "cuda")
-    if want_8bit:
+    if optimizer_is_8bit(cfg, device):
         try:
             import bitsandbytes as bnb
 
             return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay), True
         except ImportError:
-            if cfg.optimizer == "adamw8bit":
-                raise RuntimeError("train.optimizer is adamw8bit but bitsandbytes is not installed (pip install bitsandbytes)") from None
-            log.info("bitsandbytes not installed: using torch AdamW")
+            raise RuntimeError("train.optimizer is adamw8bit but bitsandbytes is not installed (pip install bitsandbytes)") from None
+    if cfg.optimizer == "auto" and device.type == "cuda":
+        log.info("bitsandbytes not installed: using torch AdamW")
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay), False
 
 
 def resolve_storage(base_storage: str, device: torch.device) -> tuple[str, torch.dtype]:
     """(storage actually used, compute dtype): bf16 becomes fp32 on a CPU; fp8 computes in bf16 on a GPU."""
     if device.type != "cuda" and base_storage == "bf16":
-        log.info("CPU run: base weights in float32 (bf16 is for GPUs)")
         base_storage = "fp32"
     compute = STORAGE_DTYPES[base_storage] if device.type == "cuda" else torch.float32
     return base_storage, compute
 
 
 def setup_lora_training(model, cfg: TrainConfig, storage: str, compute: torch.dtype):
-    """Add the LoRA adapter (float32 weights), fp8 layerwise casting of the base, gradient checkpointing."""
+    """Add the LoRA adapter (float32 weights), fp8 layerwise casting of the base, and keep the
+    condition embedder out of autocast (``precision``). Gradient checkpointing and where the
+    weights live come with the memory plan (``memory.apply_memory_plan``)."""
     lora_config = add_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, cfg.seed)
     if storage == "fp8":
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
                                        skip_modules_pattern=FP8_SKIP)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    keep_condition_embedder_out_of_autocast(model)
     model.train()
     return lora_config
 
 
-def prepare_model(profile: Profile, cfg: TrainConfig, device: torch.device, expert: str = "transformer"):
+def prepare_model(profile: Profile, cfg: TrainConfig, device: torch.device, expert: str = "transformer",
+                  plan: MemoryPlan = NO_PLAN):
     """The profile's transformer (``expert``: which of a two-expert family's) set up for LoRA
-    training: (model, LoRA config, storage, compute dtype)."""
+    training under ``plan``: (model, LoRA config, storage, compute dtype, memory runtime)."""
     storage, compute = resolve_storage(cfg.base_storage, device)
-    # fp8: load and cast on the CPU, so the bf16 weights never have to fit on the GPU
-    model = load_transformer(profile, dtype=compute, device="cpu" if storage == "fp8" else device, expert=expert)
+    # fp8 or swapped blocks: load and set up in host memory, so the whole model never has to fit on the GPU
+    on_host = storage == "fp8" or plan.blocks_to_swap > 0
+    model = load_transformer(profile, dtype=compute, device="cpu" if on_host else device, expert=expert)
     lora_config = setup_lora_training(model, cfg, storage, compute)
-    return model.to(device), lora_config, storage, compute
+    runtime = apply_memory_plan(model, plan, device, cfg.gradient_checkpointing)
+    return model, lora_config, storage, compute, runtime
+
+
+def model_size(profile: Profile, cfg: TrainConfig, expert: str = "transformer") -> ModelSize:
+    """Parameter counts of the expert's transformer with this run's LoRA, without loading weights."""
+    model = build_on_meta(profile_transformer_config(profile, expert))
+    add_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, cfg.seed)
+    return ModelSize.of(model)
+
+
+def budget_gib(cfg: TrainConfig, device: torch.device) -> float | None:
+    """The memory to plan for: ``train.vram_budget_gib``, else the GPU's free memory (None on a CPU)."""
+    if cfg.vram_budget_gib is not None:
+        return float(cfg.vram_budget_gib)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    return None
+
+
+def plan_run(cfg: TrainConfig, profile: Profile, expert: Expert, tokens: int, device: torch.device, storage: str,
+             optimizer_8bit: bool) -> tuple[MemoryPlan, Estimate, float | None]:
+    """The memory plan for the largest bucket (``tokens`` a sample), before any weights load."""
+    size = model_size(profile, cfg, expert.model)
+    wanted = cfg.wanted_memory()
+    if wanted.blocks_to_swap is not None and wanted.blocks_to_swap > size.num_layers:
+        raise ValueError(f"train.blocks_to_swap: {wanted.blocks_to_swap} is more than the {size.num_layers} blocks "
+                         f"of {profile.name}")
+    budget = budget_gib(cfg, device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    what = f"{profile.name}" + (f" ({expert.name}-noise expert)" if expert.name else "")
+    plan, est = choose_plan(size, tokens, budget, wanted, text_tokens=profile.max_text_tokens,
+                            batch_size=cfg.batch_size, storage=storage, checkpointing=cfg.gradient_checkpointing,
+                            optimizer_8bit=optimizer_8bit, gpu=gpu, what=what)
+    return plan, est, budget
 
 
 def micro_step(model, inputs: TrainInputs, sampler, generator: torch.Generator, compute: torch.dtype,
@@ -329,19 +378,18 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
                  step_offset: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train one transformer's LoRA (resuming from its checkpoints), write its LoRA files and loss curves; its metrics."""
     loader, sample_ids = data.loader, data.sample_ids
-    model, lora_config, storage, compute = prepare_model(profile, cfg, device, expert.model)
+    storage, _ = resolve_storage(cfg.base_storage, device)
+    biggest = max(data.train_samples["latent_shape"].to_list(), key=lambda s: video_tokens(s))
+    plan, est, budget = plan_run(cfg, profile, expert, video_tokens(biggest), device, storage,
+                                 optimizer_is_8bit(cfg, device))
+    _log_plan(plan, est, budget, biggest, device)
+    model, lora_config, storage, compute, memory = prepare_model(profile, cfg, device, expert.model, plan)
     params = trainable_parameters(model)
     optimizer, is_8bit = make_optimizer(cfg, list(params.values()), device)
     from diffusers.optimization import get_scheduler
 
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.steps)
-
-    biggest = max(data.train_samples["latent_shape"].to_list(), key=lambda s: video_tokens(s))
-    est = estimate_step(ModelSize.of(model), video_tokens(biggest), profile.max_text_tokens, cfg.batch_size,
-                        storage, cfg.gradient_checkpointing, is_8bit,
-                        torch.cuda.get_device_name(device) if device.type == "cuda" else None)
-    log.info("largest bucket latents %s: %s", biggest, est.describe())
 
     tag = (expert.name,) if expert.name else ()  # seeds of a single-expert run stay as they were
     fingerprint = sha256_json({"settings": cfg.training_settings(), "profile": profile.name, "repo": profile.repo,
@@ -409,7 +457,11 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
             on_step(done, value)
     run_eval(cfg.steps)
     peak_gib, peak_kind = peak_memory(device)
-    log.info("measured peak memory %.2f GiB (%s); estimate was %.2f GiB", peak_gib, peak_kind, est.peak_gib)
+    if device.type == "cuda":
+        log.info("measured peak memory %.2f GiB allocated, %.2f GiB reserved; estimate was %.2f GiB", peak_gib,
+                 torch.cuda.max_memory_reserved(device) / 2**30, est.peak_gib)
+    else:
+        log.info("measured peak memory %.2f GiB (%s)", peak_gib, peak_kind)
 
     # outputs: the manifest first (its hash goes into the LoRA metadata)
     meta = lora_metadata(run_name=cfg.run_name, profile=profile.name, family=profile.family,
@@ -420,11 +472,31 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     metrics = _metrics(cfg, train_losses, eval_losses, est, peak_gib, peak_kind, step_times, device,
                        len(data.train_rows), len(data.held) - len(data.train_rows),
                        sum(p.numel() for p in params.values()), resumed_from)
-    del model, params, optimizer, scheduler  # the next expert loads into the memory this one held
+    metrics.update(_memory_metrics(memory, budget, device))
+    del model, params, optimizer, scheduler, memory  # the next expert loads into the memory this one held
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return metrics
+
+
+def _log_plan(plan: MemoryPlan, est: Estimate, budget: float | None, biggest, device: torch.device) -> None:
+    if device.type != "cuda" and budget is None:
+        log.info("CPU run (float32 compute): %s, no GPU memory to plan for", plan.describe())
+        return
+    where = f"a budget of {budget:.3g} GiB" if budget is not None else "no budget"
+    log.info("memory plan for the largest bucket (latents %s) and %s: %s; %s", biggest, where, plan.describe(),
+             est.describe())
+
+
+def _memory_metrics(memory: MemoryRuntime, budget: float | None, device: torch.device) -> dict:
+    plan = memory.plan
+    out = {"memory_plan": plan.describe(memory.num_layers), "blocks_to_swap": plan.blocks_to_swap,
+           "offload_activations": plan.offload_activations, "ffn_chunks": plan.ffn_chunks,
+           "vram_budget_gib": budget}
+    if device.type == "cuda":
+        out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
+    return {**out, **memory.stats()}
 
 
 def _metrics(cfg, train_losses, eval_losses, est: Estimate, peak_gib, peak_kind, step_times, device,
@@ -439,7 +511,7 @@ def _metrics(cfg, train_losses, eval_losses, est: Estimate, peak_gib, peak_kind,
         "train_samples": n_train,
         "held_out_samples": n_held,
         "lora_params": n_lora,
-        "estimate_peak_gib": round(est.peak_gib, 3),
+        "estimate_peak_gib": round(est.peak_gib, 6),
         "estimate_step_s": round(est.step_s, 3),
         "peak_memory_gib": round(peak_gib, 3),
         "peak_memory_kind": peak_kind,
