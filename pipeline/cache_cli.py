@@ -23,6 +23,9 @@ def verify_main(argv: list[str]) -> int:
     p.add_argument("--delete-bad", action="store_true", help="remove the bad entries (the encode stage recomputes them)")
     args = p.parse_args(argv)
     store = CacheStore(args.store)
+    if not store.root.is_dir():
+        print(f"vlp cache verify: {store.root}: no such cache folder (see --store / encode.cache_dir)", file=sys.stderr)
+        return 1
     keys = list(store.keys())
     bad = 0
     kinds: dict[str, int] = {}

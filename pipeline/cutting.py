@@ -1,4 +1,8 @@
-"""Frame-accurate clip cutting with ffmpeg (argv lists, re-encode) and a decoded-count check."""
+"""Frame-accurate clip cutting with ffmpeg (argv lists, re-encode), checked twice: the decoded
+frame count, and the content: the clip's first and last frames are compared with the source
+frames of its span (``verify_content``), so a cut that lands on the wrong frames (a stream
+that starts after the container, a seek that misses) fails loudly instead of training on the
+wrong scene."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
+import numpy as np
 
 from pipeline.fsutil import atomic_path
 
@@ -62,6 +68,18 @@ def expected_frames(n_src: int, src_duration: float, target_fps: float | None) -
     return max(1, int(src_duration * target_fps + 1e-6))
 
 
+def needs_even_crop(width: int, height: int, enc: Encoding) -> bool:
+    """Subsampled chroma (yuv420p, yuv422p) needs an even width (and height for 4:2:0)."""
+    if enc.pix_fmt.startswith("yuv420"):
+        return width % 2 == 1 or height % 2 == 1
+    if enc.pix_fmt.startswith("yuv422"):
+        return width % 2 == 1
+    return False
+
+
+EVEN_CROP = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"  # drop the last column / row of an odd size
+
+
 def cut_argv(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -70,15 +88,19 @@ def cut_argv(
     enc: Encoding,
     target_fps: float | None = None,
     ffmpeg: str | None = None,
+    even_crop: bool = False,
 ) -> list[str]:
-    """The ffmpeg command that writes ``n_out`` frames from ``seek_s`` on, upright, re-encoded."""
+    """The ffmpeg command that writes ``n_out`` frames from ``seek_s`` on (seconds after the
+    container's start, as ``-ss`` counts), upright, re-encoded; ``even_crop`` drops the last pixel
+    column / row of an odd-sized video, which yuv420p cannot hold."""
     argv = [ffmpeg or ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     if seek_s > 0:
         argv += ["-ss", f"{seek_s:.6f}"]
     argv += ["-i", str(src), "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
-    if target_fps:
-        argv += ["-vf", f"fps={target_fps}"]
-    else:
+    filters = ([f"fps={target_fps}"] if target_fps else []) + ([EVEN_CROP] if even_crop else [])
+    if filters:
+        argv += ["-vf", ",".join(filters)]
+    if not target_fps:
         argv += ["-fps_mode", "passthrough"]
     argv += [
         "-frames:v", str(n_out),
@@ -101,6 +123,29 @@ def count_decoded_frames(path: str | os.PathLike) -> tuple[int, int, int, float]
     return n, int(w), int(h), rate
 
 
+def span_frames(times: list[float], start: int, end: int, target_fps: float | None) -> int:
+    """Frames the clip of source frames ``[start, end)`` holds (resampled to ``target_fps`` if set)."""
+    step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+    end_t = times[end] if end < len(times) else times[-1] + step
+    return expected_frames(end - start, end_t - times[start], target_fps)
+
+
+def finished_clip(dst: str | os.PathLike, times: list[float], start: int, end: int,
+                  target_fps: float | None = None) -> tuple[int, int, int, float] | None:
+    """(n_frames, width, height, fps) of a clip file a killed run finished but did not record, when
+    it holds the frames its span should (clips are renamed into place only after both checks
+    passed, so a file under its final name was complete); None when there is none or it is not."""
+    if not Path(dst).is_file():
+        return None
+    try:
+        got, w, h, fps = count_decoded_frames(dst)
+    except Exception:  # noqa: BLE001 - an unreadable leftover is simply cut again
+        return None
+    if got != span_frames(times, start, end, target_fps):
+        return None
+    return got, w, h, (float(target_fps) if target_fps else fps)
+
+
 def cut_clip(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -110,20 +155,26 @@ def cut_clip(
     enc: Encoding,
     target_fps: float | None = None,
     clip_id: str = "",
+    offset_s: float = 0.0,
+    even_crop: bool = False,
+    rotation: int = 0,
+    verify: bool = True,
 ) -> tuple[int, int, int, float]:
-    """Cut source frames ``[start, end)`` into ``dst`` atomically; check the decoded frame count.
+    """Cut source frames ``[start, end)`` into ``dst`` atomically; check the decoded frame count
+    and (``verify``) that the clip's first and last frames are the source's at its span.
 
-    Returns (n_frames, width, height, fps) of the written clip. Raises :class:`CutError`
-    naming the clip when ffmpeg fails or the clip holds the wrong number of frames.
+    ``times``: each source frame's time after the first video frame; ``offset_s``: the first
+    video frame's time after the container's start (``probe.video_timeline``). Returns
+    (n_frames, width, height, fps) of the written clip. Raises :class:`CutError` naming the clip
+    when ffmpeg fails or the clip holds the wrong frames.
     """
     name = clip_id or Path(dst).name
     if not 0 <= start < end <= len(times):
         raise CutError(f"clip {name}: span {start}-{end} outside the source's {len(times)} frames")
-    step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
-    end_t = times[end] if end < len(times) else times[-1] + step
-    n_out = expected_frames(end - start, end_t - times[start], target_fps)
+    n_out = span_frames(times, start, end, target_fps)
     with atomic_path(dst) as tmp:
-        argv = cut_argv(src, tmp, seek_time(times, start), n_out, enc, target_fps)
+        seek = seek_time(times, start) + offset_s if start > 0 else 0.0
+        argv = cut_argv(src, tmp, seek, n_out, enc, target_fps, even_crop=even_crop)
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -133,4 +184,80 @@ def cut_clip(
             raise CutError(
                 f"clip {name}: decoded {got} frames, span {start}-{end} should give {n_out}"
             )
+        if verify:
+            last_src = end - 1
+            if target_fps:  # the last output frame shows the source at start + (n_out - 1) / fps
+                t_last = times[start] + (n_out - 1) / target_fps
+                last_src = min(range(start, end), key=lambda i: abs(times[i] - t_last))
+            problem = verify_content(src, tmp, start, last_src, got - 1, rotation)
+            if problem:
+                raise CutError(f"clip {name}: {problem}")
     return got, w, h, (float(target_fps) if target_fps else fps)
+
+
+# verify_content: frames are compared as 32x32 grey thumbnails (mean absolute difference, 0..255).
+# A re-encoded frame differs from its source by ~1-3; a frame of another scene by tens.
+CONTENT_TOLERANCE = 12.0
+NEIGHBOUR_MARGIN = 3.0  # a neighbouring source frame matching this much better means an off-by-one cut
+
+
+def _thumb(frame: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _upright_options(frame: np.ndarray, rotation: int, shape: tuple[int, int]) -> list[np.ndarray]:
+    """The source frame turned the way the clip shows it (90 and 270 both tried: containers
+    disagree on the sign of the display matrix)."""
+    turns = {0: [0], 90: [1, 3], 180: [2], 270: [3, 1]}.get(rotation % 360, [0])
+    out = [np.ascontiguousarray(np.rot90(frame, k)) for k in turns]
+    fits = [f for f in out if f.shape[0] >= shape[0] and f.shape[1] >= shape[1]]  # an even crop is smaller
+    return fits or out
+
+
+def verify_content(src: str | os.PathLike, clip: str | os.PathLike, first_src: int, last_src: int, last_clip: int,
+                   rotation: int = 0) -> str:
+    """"" when the clip's first and last frames show source frames ``first_src`` and ``last_src``,
+    else what is wrong. The source frames are read by index (``read_frames``), each neighbour too."""
+    wanted = sorted({i for i in (first_src - 1, first_src, first_src + 1, last_src - 1, last_src, last_src + 1) if i >= 0})
+    src_frames = read_frames(src, wanted)
+    clip_frames = read_frames(clip, [0, last_clip])
+    for which, c_idx, s_idx in (("first", 0, first_src), ("last", last_clip, last_src)):
+        if c_idx not in clip_frames:
+            return f"the clip's frame {c_idx} does not decode"
+        c = clip_frames[c_idx]
+        target = _thumb(c)
+
+        def dist(i: int) -> float:
+            if i not in src_frames:
+                return float("inf")
+            options = _upright_options(src_frames[i], rotation, clip_frames[c_idx].shape[:2])
+            return min(float(np.abs(_thumb(np.ascontiguousarray(o[: c.shape[0], : c.shape[1]])) - target).mean())
+                       for o in options)
+
+        here = dist(s_idx)
+        best_neighbour = min(dist(s_idx - 1), dist(s_idx + 1))
+        if here > CONTENT_TOLERANCE or best_neighbour + NEIGHBOUR_MARGIN < here:
+            return (f"the {which} frame does not show source frame {s_idx} (difference {here:.1f}, "
+                    f"a neighbour {best_neighbour:.1f}): the cut landed on other frames")
+    return ""
+
+
+def read_frames(path: str | os.PathLike, indices: list[int]) -> dict[int, np.ndarray]:
+    """RGB frames of a video by index in presentation order (index ``i`` = the ``i``-th smallest
+    pts), each read by seeking to the keyframe before it: no decode from the start."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        pts = sorted(p.pts for p in c.demux(s) if p.pts is not None and p.size > 0)
+        out: dict[int, np.ndarray] = {}
+        for i in sorted(set(indices)):
+            if not 0 <= i < len(pts):
+                continue
+            c.seek(pts[i], stream=s, backward=True, any_frame=False)
+            for frame in c.decode(s):
+                if frame.pts is None or frame.pts < pts[i]:
+                    continue
+                if frame.pts == pts[i]:
+                    out[i] = frame.to_ndarray(format="rgb24")
+                break
+    return out

@@ -24,6 +24,10 @@ What a sample needs depends on the model family (the profile):
    missing captions (padding trimmed, as Wan does), store, free.
 5. The table: one row per sample whose entries are all in the store.
 
+An entry is reused only when it passes the store's cheap check (``CacheStore.check_header``: size,
+header, key). A damaged one is treated as missing: one WARNING names the file and the reason, it is
+encoded again and the new entry replaces it atomically (``damaged_recomputed`` in the metrics).
+
 A tensor with NaN or Inf is never stored: its sample is rejected with a reason. A clip that
 cannot be read rejects its samples; the batch goes on. Entries are written one by one and
 atomically, so a killed run keeps what it finished and a re-run computes only the rest.
@@ -270,6 +274,7 @@ class Encoder:
         self.compute_dtype = compute_dtype(self.store_dtype, self.device)  # text and image encoders
         self.vae_compute_dtype = compute_dtype(parse_dtype(cfg.vae_dtype), self.device)
         self.max_len = int(cfg.max_text_tokens or profile.max_text_tokens)
+        self.damaged: set[str] = set()  # keys found damaged in this run (encoded again)
         self.needs_cond = profile.task == "i2v"
         self.needs_image = bool(profile.image_encoder)
         memo = memo if memo is not None else FileHashMemo(store.root / "fingerprints.json")
@@ -492,12 +497,31 @@ class Encoder:
         return computed, bad_keys
 
     # -- the whole stage ------------------------------------------------------------------
+    def _reusable(self, key: str) -> bool:
+        """Whether ``key``'s entry is stored and sound (``CacheStore.check_header``). A damaged entry
+        is logged once, remembered in ``self.damaged`` and treated as missing (it is encoded again)."""
+        if not self.store.has(key):
+            return False
+        problem = self.store.check_header(key)
+        if problem is None:
+            return True
+        if problem != "missing" and key not in self.damaged:  # "missing": deleted since has()
+            log.warning("%s: damaged cache entry (%s); encoding it again", self.store.path(key), problem)
+            self.damaged.add(key)
+        return False
+
+    def _stored(self, key: str) -> bool:
+        """Whether ``key``'s entry is in the store now; one found damaged counts only once rewritten."""
+        if key in self.damaged:
+            return self.store.check_header(key) is None
+        return self.store.has(key)
+
     def _drop_missing(self, samples: list[Sample], attrs: tuple[str, ...], reasons: dict[str, str], rejected: list[dict]) -> list[Sample]:
         """Samples whose entries named by ``attrs`` are all in the store; the others are rejected with
         the reason their entry was not made."""
         alive = []
         for s in samples:
-            gone = [getattr(s, a) for a in attrs if getattr(s, a) and not self.store.has(getattr(s, a))]
+            gone = [getattr(s, a) for a in attrs if getattr(s, a) and not self._stored(getattr(s, a))]
             if gone:
                 rejected.append({"sample_id": s.sample_id, "reason": next((reasons[k] for k in gone if k in reasons), "entry not stored")})
             else:
@@ -506,12 +530,13 @@ class Encoder:
 
     def run(self, samples: list[Sample], skipped: list[dict] | None = None) -> EncodeResult:
         self.assign_keys(samples)
+        self.damaged = set()
         rejected: list[dict] = []
 
         # VAE pass: latents (every family) and first-frame conditions (I2V)
         first_lat, first_cond = _first_by(samples, "latent_key"), _first_by(samples, "cond_key")
-        lat_todo = {id(s) for k, s in first_lat.items() if not self.store.has(k)}
-        cond_todo = {id(s) for k, s in first_cond.items() if not self.store.has(k)}
+        lat_todo = {id(s) for k, s in first_lat.items() if not self._reusable(k)}
+        cond_todo = {id(s) for k, s in first_cond.items() if not self._reusable(k)}
         jobs = [VaeJob(s, id(s) in lat_todo, id(s) in cond_todo) for s in samples if id(s) in lat_todo or id(s) in cond_todo]
         lat_computed = cond_computed = 0
         reasons: dict[str, str] = {}
@@ -527,7 +552,7 @@ class Encoder:
 
         # image pass: CLIP embeddings of the first frame (Wan 2.1 I2V)
         first_img = _first_by(alive, "image_key")
-        missing_i = [s for k, s in first_img.items() if not self.store.has(k)]
+        missing_i = [s for k, s in first_img.items() if not self._reusable(k)]
         img_computed = 0
         if missing_i:
             log.info("embedding %d first frames (%d already cached)", len(missing_i), len(first_img) - len(missing_i))
@@ -538,7 +563,7 @@ class Encoder:
 
         # text pass
         first_text = _first_by(alive, "text_key")
-        missing_t = [s for k, s in first_text.items() if not self.store.has(k)]
+        missing_t = [s for k, s in first_text.items() if not self._reusable(k)]
         txt_computed = 0
         if missing_t:
             log.info("encoding %d captions (%d already cached)", len(missing_t), len(first_text) - len(missing_t))
@@ -566,6 +591,8 @@ class Encoder:
             "rejections": rejected,
             "skips": list(skipped or []),
         }
+        if self.damaged:  # only when some were found, so a clean run's metrics keep their keys
+            metrics["damaged_recomputed"] = len(self.damaged)
         return EncodeResult(table, metrics, rejected, list(skipped or []))
 
     def table(self, samples: list[Sample]) -> pl.DataFrame:

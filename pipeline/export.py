@@ -30,7 +30,7 @@ import polars as pl
 from tqdm import tqdm
 
 from pipeline import schemas, toml_writer
-from pipeline.fsutil import atomic_path, write_json, write_text_atomic
+from pipeline.fsutil import atomic_path, confined, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,13 @@ def write_export(plan: list[dict], out_dir: str | os.PathLike, cfg: ExportConfig
         if not src.exists():
             missing.append(f"{src}: clip file missing, {p['clip_id']} not exported")
             continue
-        folder = out_dir / p["subdir"]
+        try:
+            media = confined(out_dir, p["subdir"], p["name"])
+        except ValueError as e:
+            missing.append(f"{e} ({p['clip_id']} not exported)")
+            continue
+        folder = media.parent
         folder.mkdir(parents=True, exist_ok=True)
-        media = folder / p["name"]
         caption = media.with_suffix(".txt")
         _place(src, media, cfg.link)
         write_text_atomic(caption, p["caption"] + "\n")

@@ -12,6 +12,7 @@ from pipeline.filters import FilterConfig, find_duplicates, make_rules
 
 # Categories of rejections that are not per-clip score rules.
 SPLIT_ERROR = "split_error"
+NO_CLIP = "no_clip"  # a source that gave no clip (split's "skipped" row)
 SCORE_ERROR = "score_error"
 NOT_SCORED = "not_scored"
 DUPLICATE = "duplicate"
@@ -52,6 +53,9 @@ def filter_clips(clips: pl.DataFrame, scores: pl.DataFrame, cfg: FilterConfig = 
 
     passed: list[dict] = []
     for row in rows:
+        if row["status"] == "skipped":
+            reject(row, NO_CLIP, row["reason"])
+            continue
         if row["status"] != "ok":
             reject(row, SPLIT_ERROR, f"split error: {row['reason']}")
             continue
@@ -76,7 +80,7 @@ def filter_clips(clips: pl.DataFrame, scores: pl.DataFrame, cfg: FilterConfig = 
     dataset = schemas.frame("dataset", kept_rows)
     rejected = schemas.frame("rejected", rejected_rows)
 
-    by_category = dict.fromkeys([r.name for r in rules] + [DUPLICATE, SPLIT_ERROR, SCORE_ERROR, NOT_SCORED], 0)
+    by_category = dict.fromkeys([r.name for r in rules] + [DUPLICATE, SPLIT_ERROR, NO_CLIP, SCORE_ERROR, NOT_SCORED], 0)
     for cats in categories.values():
         for c in set(cats):
             by_category[c] += 1

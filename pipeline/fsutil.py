@@ -6,11 +6,34 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
+
+# What an id must look like before it becomes part of a file name (clip ids are 16 hex digits;
+# tests and hand-made tables use short names): no separators, no dots, no leading dash.
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_id(value: str, what: str = "clip id") -> str:
+    """``value`` when it is safe as a file name component, else a one-line ValueError."""
+    if not isinstance(value, str) or not SAFE_ID.match(value):
+        raise ValueError(f"not a valid {what}: {value!r} (letters, digits, '_' and '-' only)")
+    return value
+
+
+def confined(folder: str | os.PathLike, *parts: str) -> Path:
+    """``folder / parts``, refusing (ValueError, one line) any result outside ``folder``."""
+    base = Path(folder).resolve()
+    joined = base.joinpath(*parts)
+    parent = joined.parent.resolve()  # the file itself may be a symlink (exports with --link): not followed
+    path = parent / joined.name
+    if joined.name in ("", ".", "..") or (parent != base and base not in parent.parents):
+        raise ValueError(f"{Path(folder).joinpath(*parts)}: outside {Path(folder)}, not written")
+    return path
 
 
 @contextlib.contextmanager
@@ -34,6 +57,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.tmp-*`` files an :func:`atomic_path` writer killed mid-write left in ``folder``
+    (call only where no other writer runs); returns what was removed."""
+    folder = Path(folder)
+    gone = sorted(p for p in folder.glob(".tmp-*") if p.is_file()) if folder.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def _umask() -> int:

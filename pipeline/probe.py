@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 from pathlib import Path
 from statistics import median
 
@@ -15,12 +17,9 @@ import av
 from PIL import Image
 
 from pipeline.fsutil import sha256_file
+from pipeline.listing import IMAGE_EXTS, list_raw
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".gif"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-MEDIA_EXTS = VIDEO_EXTS | IMAGE_EXTS
 
 # A frame duration differing from the median by more than this (and by more than one
 # tick of the stream's time base) counts as irregular; more than 1% irregular = VFR.
@@ -29,16 +28,21 @@ VFR_IRREGULAR_FRACTION = 0.01
 
 
 def list_media(root: str | os.PathLike) -> list[Path]:
-    """Every media file under ``root`` (recursively, hidden files skipped), sorted."""
+    """Every readable media file under ``root`` (recursively, hidden files skipped), sorted.
+    (``listing.list_raw`` also returns the entries that cannot be sources, with their reasons.)"""
     root = Path(root)
-    out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and p.suffix.lower() in MEDIA_EXTS:
-            out.append(p)
-    return out
+    return [root / e.rel for e in list_raw(root) if e.status == "ok"]
+
+
+def kind_of(path: str | os.PathLike) -> str:
+    return "image" if Path(path).suffix.lower() in IMAGE_EXTS else "video"
+
+
+def rejected_row(rel: str, reason: str) -> dict:
+    """A ``sources`` row for an entry that is not readable media (see ``listing``)."""
+    row = _base_row(Path(rel), rel, kind_of(rel))
+    row.update(status="rejected", reason=reason)
+    return row
 
 
 def _base_row(path: Path, rel: str, kind: str) -> dict:
@@ -82,18 +86,27 @@ def is_vfr(pts: list[int]) -> bool:
     return irregular > VFR_IRREGULAR_FRACTION * len(deltas)
 
 
-def frame_times(path: str | os.PathLike) -> list[float]:
-    """Presentation time in seconds of every video frame, relative to the first, in display order.
+def video_timeline(path: str | os.PathLike) -> tuple[list[float], float]:
+    """(presentation time in seconds of every video frame relative to the first, in display order;
+    the first frame's time after the container's start).
 
-    Read from the demuxer (no decoding), so it is cheap even for long files.
+    Read from the demuxer (no decoding), so it is cheap even for long files. The offset matters
+    when the video stream starts after the container does (phone and screen recordings often
+    start their audio first): ffmpeg's ``-ss`` counts from the container's start.
     """
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         tb = float(s.time_base)
         pts = sorted(p.pts for p in c.demux(s) if p.pts is not None and p.size > 0)
+        container_start = (c.start_time or 0) / av.time_base if c.start_time is not None else 0.0
     if not pts:
-        return []
-    return [(p - pts[0]) * tb for p in pts]
+        return [], 0.0
+    return [(p - pts[0]) * tb for p in pts], max(0.0, pts[0] * tb - container_start)
+
+
+def frame_times(path: str | os.PathLike) -> list[float]:
+    """Presentation time in seconds of every video frame, relative to the first, in display order."""
+    return video_timeline(path)[0]
 
 
 def probe_video(path: Path, row: dict) -> dict:
@@ -157,25 +170,61 @@ def probe_image(path: Path, row: dict) -> dict:
         row["width"], row["height"] = im.size
         # EXIF orientation as a clockwise display rotation (mirrored orientations count as their rotation)
         row["rotation"] = {3: 180, 4: 180, 5: 90, 6: 90, 7: 270, 8: 270}.get(exif_orientation, 0)
+    if row["container"] == "jpeg" and (err := jpeg_decode_error(path)):
+        row.update(status="rejected", reason=f"corrupt image data: {err}")  # e.g. a garbled middle
+        return row
     row["fps"] = 0.0
     row["n_frames"] = 1
     row["duration_s"] = 0.0
     return row
 
 
+def jpeg_decode_error(path: Path) -> str:
+    """Why ffmpeg's strict JPEG decoder refuses the file ("" when it decodes). Pillow decodes past
+    errors in the middle of the entropy-coded data (a band of grey or shifted blocks), ffmpeg with
+    ``err_detect explode`` stops at them."""
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            s.codec_context.options = {"err_detect": "explode"}
+            for _ in c.decode(s):
+                pass
+    except Exception as exc:  # noqa: BLE001 - any decoder error is the answer
+        text = re.sub(r"^\[Errno -?\d+\] ", "", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return f"JPEG decode error ({text.split(':')[0] or type(exc).__name__})"
+    return ""
+
+
+def mark_duplicates(rows: list[dict]) -> list[dict]:
+    """Rows of files with the same bytes as an earlier path (path order) become rejected
+    ``duplicate of <path>`` rows: a source is trained on once, under its first name."""
+    first: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: r["path"]):
+        if row["status"] != "ok" or not row["source_id"]:
+            continue
+        if row["source_id"] in first:
+            row.update(status="rejected", reason=f"duplicate of {first[row['source_id']]}")
+        else:
+            first[row["source_id"]] = row["path"]
+    return rows
+
+
 def probe_file(path: str | os.PathLike, root: str | os.PathLike) -> dict:
     """One ``sources`` row for ``path``; never raises for unreadable media."""
     path = Path(path)
     rel = path.relative_to(root).as_posix()
-    kind = "image" if path.suffix.lower() in IMAGE_EXTS else "video"
-    row = _base_row(path, rel, kind)
+    row = _base_row(path, rel, kind_of(path))
     try:
-        row["size_bytes"] = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+            row.update(status="rejected", reason="not a regular file")
+            return row
+        row["size_bytes"] = st.st_size
         row["source_id"] = sha256_file(path)
         if row["size_bytes"] == 0:
             row.update(status="rejected", reason="empty file (0 bytes)")
             return row
-        if kind == "image":
+        if row["kind"] == "image":
             return probe_image(path, row)
         return probe_video(path, row)
     except Exception as exc:  # noqa: BLE001 - bad media must become a row, not a crash

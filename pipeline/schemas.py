@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.fsutil import SAFE_ID
+
 Str = pl.String
 I32 = pl.Int32
 I64 = pl.Int64
@@ -58,8 +60,9 @@ CLIPS = {
     "height": I32,
     "path": Str,  # clip file, relative to the repository root / output folder
     "sha256": Str,  # of the clip file
-    "status": Str,  # "ok" or "error"
+    "status": Str,  # "ok", "error" (the clip failed) or "skipped" (the source gave no clip: reason says why)
     "reason": Str,
+    "note": Str,  # what was done to make an ok clip usable, e.g. "cropped 333x187 -> 332x186 (yuv420p)"
 }
 
 # data/scores.parquet — one row per clip (score stage).
@@ -163,6 +166,7 @@ MANIFEST = {
 }
 
 TABLES: dict[str, dict[str, pl.DataType]] = {
+    "caption_parts": CAPTIONS,  # the caption store's chunks: one row per clip and model / prompt / sampling
     "sources": SOURCES,
     "clips": CLIPS,
     "scores": SCORES,
@@ -171,6 +175,20 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "captions": CAPTIONS,
     "encoded": ENCODED,
     "manifest": MANIFEST,
+}
+
+
+# The column that names a row: unique in every table (a duplicate would multiply rows through
+# every join downstream, e.g. one clip trained several times).
+KEYS: dict[str, str] = {
+    "sources": "path",
+    "clips": "clip_id",
+    "scores": "clip_id",
+    "dataset": "clip_id",
+    "rejected": "clip_id",
+    "captions": "clip_id",
+    "encoded": "sample_id",
+    "manifest": "sample_id",
 }
 
 
@@ -221,7 +239,29 @@ def validate(df: pl.DataFrame, name: str, where: str = "") -> pl.DataFrame:
     for col, dtype in schema.items():
         if df.schema[col] != dtype:
             raise SchemaError(f"{label}: column '{col}' is {df.schema[col]}, schema says {dtype}")
+    check_unique(df, name, label)
+    check_ids(df, label)
     return df
+
+
+def check_ids(df: pl.DataFrame, where: str) -> None:
+    """Clip ids become file names (thumbnails, exports): every one must be a safe name (``fsutil.SAFE_ID``)."""
+    if "clip_id" not in df.columns or df.height == 0:
+        return
+    bad = df.filter(~pl.col("clip_id").str.contains(SAFE_ID.pattern))["clip_id"].unique().to_list()
+    if bad:
+        raise SchemaError(f"{where}: clip id(s) {bad[:3]!r} are not valid ids (letters, digits, '_' and '-' only)")
+
+
+def check_unique(df: pl.DataFrame, name: str, where: str = "") -> None:
+    """Fail loudly when the table's key column (``KEYS``) repeats a value."""
+    key = KEYS.get(name)
+    if key is None or df.height == 0:
+        return
+    dup = df.filter(pl.col(key).is_duplicated())[key].unique().sort().to_list()
+    if dup:
+        shown = ", ".join(map(str, dup[:5])) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+        raise SchemaError(f"{where or name}: key column '{key}' is not unique: {shown} repeated")
 
 
 def write_table(df: pl.DataFrame, path: str | os.PathLike, name: str) -> Path:

@@ -2,7 +2,11 @@
 
 Incremental: scene detection results are kept per source and detector settings, and a
 clip already on disk whose bytes still match its recorded sha256 is kept as it is, so a
-re-run after adding one video only works on that video.
+re-run after adding one video only works on that video. The table of the last run is kept
+inside the clips folder (``INDEX``), where DVC does not delete it before the stage runs.
+
+Every ``ok`` source ends with at least one row: its clips, or one ``skipped`` row saying why
+it gave none (too short, one frame, every scene shorter than ``min_s``).
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline import schemas
-from pipeline.cutting import CutError, Encoding, cut_clip
-from pipeline.fsutil import atomic_path, sha256_file, sha256_json, write_text_atomic
-from pipeline.probe import frame_times
+from pipeline.cutting import CutError, Encoding, cut_clip, finished_clip, needs_even_crop
+from pipeline.fsutil import atomic_path, remove_leftovers, sha256_file, sha256_json, write_text_atomic
+from pipeline.images import open_image_rgb
+from pipeline.probe import video_timeline
 from pipeline.scenes import detect_scenes, make_detector
 from pipeline.spans import Span, plan_spans
 
 log = logging.getLogger(__name__)
 
 SCENE_CACHE = ".scenes"
+INDEX = ".index.parquet"  # the clips table of the last run, for reuse
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,24 @@ def _row(source: dict, cid: str, span: Span, times: list[float], path: Path, cfg
         "sha256": "",
         "status": "ok",
         "reason": "",
+        "note": "",
     }
 
 
-def error_row(source: dict, reason: str) -> dict:
-    """A clips row recording that a whole source failed to split."""
-    row = _row(source, sha256_json({"source_id": source["source_id"], "error": True})[:16],
+def error_row(source: dict, reason: str, status: str = "error") -> dict:
+    """A clips row recording that a whole source failed to split (``error``) or gave no clip (``skipped``)."""
+    row = _row(source, sha256_json({"source_id": source["source_id"], status: True})[:16],
                Span(-1, 0, 0), [], Path(""), SplitConfig())
-    row.update(status="error", reason=reason, resampled=False)
+    row.update(status=status, reason=reason, resampled=False)
     return row
+
+
+def no_clip_reason(n_frames: int, fps: float, cfg: SplitConfig, dropped: list[str]) -> str:
+    """Why a source gave no clip, in one line."""
+    seconds = n_frames / fps if fps else 0.0
+    if n_frames < 2 or seconds < cfg.min_s:
+        return f"no clip: {n_frames} frame(s), {seconds:.2f} s, shorter than split.min_s {cfg.min_s:g} s"
+    return f"no clip: every scene shorter than split.min_s {cfg.min_s:g} s after trimming ({len(dropped)} scene(s))"
 
 
 def _scenes_cached(src: Path, source: dict, clips_dir: Path, cfg: SplitConfig) -> list[tuple[int, int]]:
@@ -138,8 +152,7 @@ def split_image(source: dict, raw_root: Path, clips_dir: Path, cfg: SplitConfig,
     if _reusable(prev, dst):
         return [prev]
     row = _row(source, cid, Span(0, 0, 1), [0.0], dst, cfg)
-    with Image.open(raw_root / source["path"]) as im:
-        upright = ImageOps.exif_transpose(im).convert("RGB")
+    upright = open_image_rgb(raw_root / source["path"])
     with atomic_path(dst) as tmp:
         upright.save(tmp, format="PNG")
     row.update(n_frames=1, fps=0.0, end_s=0.0, width=upright.width, height=upright.height, sha256=sha256_file(dst))
@@ -160,11 +173,20 @@ def split_source(
     if source["kind"] == "image":
         return split_image(source, raw_root, clips_dir, cfg, previous), notes
     src = raw_root / source["path"]
-    times = frame_times(src)
+    times, offset = video_timeline(src)
     n = len(times)
+    if n < 2:  # nothing to detect scenes in
+        return [error_row(source, no_clip_reason(n, source["fps"], cfg, []), "skipped")], notes
     scenes = _scenes_cached(src, source, clips_dir, cfg)
     spans, dropped = plan_spans(scenes, n, source["fps"], cfg.min_s, cfg.max_s, cfg.trim_frames)
     notes += [f"{source['path']}: skipped {d}" for d in dropped]
+    if not spans:
+        return [error_row(source, no_clip_reason(n, source["fps"], cfg, dropped), "skipped")], notes
+    even = needs_even_crop(source["width"], source["height"], cfg.encoding)
+    note = ""
+    if even:
+        w, h = source["width"], source["height"]
+        note = f"cropped {w}x{h} -> {w - w % 2}x{h - h % 2} ({cfg.encoding.pix_fmt} needs even sizes)"
     rows = []
     for span in spans:
         cid = make_clip_id(source["source_id"], span.start, span.end, cfg, source["rotation"])
@@ -174,14 +196,30 @@ def split_source(
             rows.append(prev)
             continue
         row = _row(source, cid, span, times, dst, cfg)
+        if prev is None and (done := finished_clip(dst, times, span.start, span.end, cfg.fps)):
+            got, w, h, fps = done  # cut by a run that was killed before it wrote the index
+            row.update(n_frames=got, width=w, height=h, fps=fps, sha256=sha256_file(dst), note=note)
+            rows.append(row)
+            continue
         try:
-            got, w, h, fps = cut_clip(src, dst, times, span.start, span.end, cfg.encoding, cfg.fps, clip_id=cid)
-            row.update(n_frames=got, width=w, height=h, fps=fps, sha256=sha256_file(dst))
+            got, w, h, fps = cut_clip(src, dst, times, span.start, span.end, cfg.encoding, cfg.fps, clip_id=cid,
+                                      offset_s=offset, even_crop=even, rotation=source["rotation"])
+            row.update(n_frames=got, width=w, height=h, fps=fps, sha256=sha256_file(dst), note=note)
         except CutError as exc:
             row.update(status="error", reason=str(exc))
             notes.append(f"{source['path']}: {exc}")
         rows.append(row)
     return rows, notes
+
+
+def read_index(clips_dir: Path) -> pl.DataFrame | None:
+    """The clips table of the last run in ``clips_dir`` (None when missing or unreadable)."""
+    try:
+        return schemas.read_table(clips_dir / INDEX, "clips")
+    except (OSError, ValueError) as e:
+        if (clips_dir / INDEX).exists():
+            log.warning("%s: unreadable (%s); every clip is cut again", clips_dir / INDEX, str(e).splitlines()[0])
+        return None
 
 
 def _split_one(args) -> tuple[str, list[dict], list[str]]:
@@ -210,6 +248,10 @@ def split_sources(
     """
     clips_dir = Path(clips_dir)
     clips_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in remove_leftovers(clips_dir):
+        log.info("split: removed %s (left by a killed run)", leftover)
+    if previous is None:
+        previous = read_index(clips_dir)
     ok = sources.filter(pl.col("status") == "ok").to_dicts()
     prev_by_source: dict[str, dict[str, dict]] = {}
     if previous is not None and previous.height:
@@ -229,6 +271,7 @@ def split_sources(
             for line in notes:
                 log.warning(line)
     table = schemas.frame("clips", rows).sort(["source_path", "start_frame", "clip_id"])
+    schemas.write_table(table, clips_dir / INDEX, "clips")
     if prune:
         keep = {Path(p).name for p in table["path"].to_list() if p}
         for f in clips_dir.iterdir():

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.fsutil import atomic_path
+from pipeline.fsutil import atomic_path, check_id
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def ensure_thumbs(clips: list[dict], root: str | os.PathLike, thumbs_dir: str | 
     out: dict[str, list[str]] = {}
     todo = []
     for row in clips:
+        check_id(row["clip_id"])
         names = thumb_names(row["clip_id"], row["kind"], width)
         if all((thumbs_dir / n).exists() for n in names):
             out[row["clip_id"]] = names

@@ -2,7 +2,6 @@
 
 import logging
 import sys
-from pathlib import Path
 
 from pipeline import schemas
 from pipeline.logs import setup_logging
@@ -19,8 +18,8 @@ def main() -> int:
     raw_dir = load_params("probe")["raw_dir"]
     p = load_params("split")
     sources = schemas.read_table(SOURCES, "sources")
-    previous = schemas.read_table(OUT, "clips") if Path(OUT).exists() else None
-    table = split_sources(sources, raw_dir, CLIPS_DIR, SplitConfig.from_params(p), previous, jobs=resolve_jobs(p.get("jobs")))
+    # the last run's table lives in the clips folder (split.INDEX): DVC deletes clips.parquet before this runs
+    table = split_sources(sources, raw_dir, CLIPS_DIR, SplitConfig.from_params(p), jobs=resolve_jobs(p.get("jobs")))
     schemas.write_table(table, OUT, "clips")
     ok = table.filter(table["status"] == "ok").height
     logging.getLogger("split").info("%d clips ok, %d errors -> %s", ok, table.height - ok, OUT)

@@ -43,7 +43,7 @@ def cut_sample_clips(root: Path) -> list[dict]:
 def dataset_row(clip_id: str, kind: str, path: Path, fps: float, n: int, w: int, h: int) -> dict:
     """A ``dataset`` row; columns the caption stage does not read are left null."""
     known = {"clip_id": clip_id, "kind": kind, "path": str(path), "fps": fps, "n_frames": n,
-             "width": w, "height": h, "status": "ok", "reason": ""}
+             "width": w, "height": h, "status": "ok", "reason": "", "note": ""}
     return {c: known.get(c) for c in schemas.DATASET}
 
 

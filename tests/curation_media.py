@@ -95,7 +95,7 @@ def clip_row(name: str, path: str, kind: str, root: Path) -> dict:
         "clip_id": f"clip-{name}", "source_id": f"src-{name}", "source_path": f"{name}.mp4", "kind": kind,
         "scene_index": 0, "start_frame": 0, "end_frame": n, "start_s": 0.0, "end_s": n / fps if fps else 0.0,
         "n_frames": n, "fps": fps, "resampled": False, "rotation_applied": 0, "width": w, "height": h,
-        "path": path, "sha256": "", "status": "ok", "reason": "",
+        "path": path, "sha256": "", "status": "ok", "reason": "", "note": "",
     }
 
 

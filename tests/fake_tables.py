@@ -43,7 +43,8 @@ def _clip(cid, sid, spath, path, kind, start, end, root, status="ok", reason="",
     return {"clip_id": cid, "source_id": sid, "source_path": spath, "kind": kind, "scene_index": 0,
             "start_frame": start, "end_frame": end, "start_s": start / FPS, "end_s": end / FPS, "n_frames": n,
             "fps": FPS if kind == "video" else 0.0, "resampled": False, "rotation_applied": 0, "width": w, "height": h,
-            "path": path, "sha256": sha256_file(f) if f.exists() else "", "status": status, "reason": reason}
+            "path": path, "sha256": sha256_file(f) if f.exists() else "", "status": status, "reason": reason,
+            "note": ""}
 
 
 def _score(cid, kind, motion, sharp, luma, static=0.0, black=0.0, n=20):

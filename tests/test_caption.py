@@ -150,8 +150,12 @@ def test_edit_wins_and_survives_reruns(tmp_path, clips, tiny_dir, calls, capsys)
     edits.write_text("clip_id,caption\n")
     rows = clips[:2]
     params = tiny_params(tiny_dir, trigger="sks")
-    assert caption_cli(["edit", "bikes1", "  A cyclist rides  through a park. ", "--edits", str(edits)]) == 0
-    assert caption_cli(["edit", "astronaut", "An astronaut in a white suit.", "--edits", str(edits)]) == 0
+    data = tmp_path / "data"  # the kept clips the edit command checks ids against
+    data.mkdir()
+    dataset(clips).write_parquet(data / "dataset.parquet")
+    known = ["--edits", str(edits), "--data", str(data)]
+    assert caption_cli(["edit", "bikes1", "  A cyclist rides  through a park. ", *known]) == 0
+    assert caption_cli(["edit", "astronaut", "An astronaut in a white suit.", *known]) == 0
     assert edits.read_text().splitlines() == [
         "clip_id,caption", "astronaut,An astronaut in a white suit.", "bikes1,A cyclist rides through a park."]
 
@@ -167,10 +171,10 @@ def test_edit_wins_and_survives_reruns(tmp_path, clips, tiny_dir, calls, capsys)
     assert metrics["reused"] == 1
 
     # Replacing the edit changes the caption; removing it hands the clip back to the VLM.
-    assert caption_cli(["edit", "bikes1", "Two cyclists on a trail.", "--edits", str(edits)]) == 0
+    assert caption_cli(["edit", "bikes1", "Two cyclists on a trail.", *known]) == 0
     table, _ = run(tmp_path, rows, params, edits)
     assert table.filter(pl.col("clip_id") == "bikes1")["caption"].item() == "sks, Two cyclists on a trail."
-    assert caption_cli(["edit", "bikes1", "", "--edits", str(edits)]) == 0
+    assert caption_cli(["edit", "bikes1", "", *known]) == 0
     calls.clear()
     table, _ = run(tmp_path, rows, params, edits)
     assert table.filter(pl.col("clip_id") == "bikes1")["source"].item() == "vlm"

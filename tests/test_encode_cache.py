@@ -114,3 +114,11 @@ def test_stage_script_writes_table_metrics_and_reuses_on_rerun(tmp_path):
 @pytest.mark.parametrize("argv", [["cache"], ["cache", "nope"]])
 def test_cache_usage_errors(argv, capsys):
     assert vlp(argv) == 2
+
+
+def test_verify_of_a_missing_store_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "no-such-cache"
+    assert vlp(["cache", "verify", "--store", str(missing)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and str(missing) in captured.err
+    assert not missing.exists()

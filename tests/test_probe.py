@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -105,3 +106,58 @@ def test_list_media_skips_hidden_and_non_media(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
     (tmp_path / "b.MOV").write_bytes(b"x")
     assert [p.name for p in list_media(tmp_path)] == ["b.MOV"]
+
+
+def test_listing_never_opens_or_follows_what_it_should_not(tmp_path, carphone):
+    """Symlink loops, dangling links and FIFOs are rejected rows, never a hang; a link out of the raw folder is
+    followed only when asked; a link to a file inside it is that file's duplicate."""
+    import os
+
+    from pipeline.listing import list_raw
+    from pipeline.probe_table import probe_folder
+
+    raw, outside = tmp_path / "raw", tmp_path / "elsewhere"
+    (raw / "sub").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(carphone, raw / "a.mp4")
+    shutil.copy(carphone, outside / "b.mp4")
+    os.symlink("..", raw / "sub" / "up")
+    os.symlink("missing.mp4", raw / "gone.mp4")
+    os.mkfifo(raw / "pipe.mp4")
+    os.symlink(outside / "b.mp4", raw / "out.mp4")
+    os.symlink(outside, raw / "outdir")
+    os.symlink("a.mp4", raw / "same.mp4")
+    table = {r["path"]: (r["status"], r["reason"]) for r in probe_folder(raw).to_dicts()}
+    assert table["a.mp4"] == ("ok", "")
+    assert table["sub/up"] == ("rejected", "symlink loop")
+    assert table["gone.mp4"][1].startswith("dangling symlink")
+    assert table["pipe.mp4"] == ("rejected", "not a regular file (fifo)")
+    assert table["out.mp4"][1].startswith("symlink to outside the raw folder")
+    assert table["outdir"][1].startswith("symlink to a folder outside the raw folder")
+    assert table["same.mp4"] == ("rejected", "duplicate of a.mp4")
+    followed = {e.rel: e.status for e in list_raw(raw, follow_outside=True)}
+    assert followed["out.mp4"] == "ok" and followed["outdir/b.mp4"] == "ok"
+
+
+def test_probe_reuses_rows_of_unchanged_files(tmp_path, carphone, monkeypatch):
+    import pipeline.probe_table as pt
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "a.mp4")
+    cache = tmp_path / "probe-cache.json"
+    first = pt.probe_folder(raw, cache_path=cache)
+    monkeypatch.setattr(pt, "probe_file", lambda *a, **k: pytest.fail("an unchanged file was probed again"))
+    assert pt.probe_folder(raw, cache_path=cache).equals(first)
+
+
+def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.images import open_image_rgb
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g.png")
+    rgb = np.asarray(open_image_rgb(tmp_path / "g.png"))
+    assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == 255 and 100 < rgb.mean() < 155

@@ -158,3 +158,61 @@ def test_frame_count_mismatch_is_an_error_naming_the_clip(tmp_path, carphone, mo
     assert row["status"] == "error"
     assert row["clip_id"] in row["reason"] and "decoded 119 frames" in row["reason"]
     assert not (tmp_path / "clips" / f"{row['clip_id']}.mp4").exists()
+
+
+def test_the_index_in_the_clips_folder_makes_a_rerun_incremental_and_leftovers_go(tmp_path, carphone, monkeypatch):
+    """As under `dvc repro`, which deletes clips.parquet before the stage: the table kept in the clips folder is
+    the reuse index; .tmp-* files of a killed run are removed."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "carphone.mp4")
+    out = tmp_path / "clips"
+    _, first = _split(raw, out)
+    (out / ".tmp-abc.mp4.x1y2.mp4").write_bytes(b"half a clip")
+    calls = []
+    real_cut = split_mod.cut_clip
+    monkeypatch.setattr(split_mod, "cut_clip", lambda *a, **k: calls.append(a[1]) or real_cut(*a, **k))
+    _, again = _split(raw, out)  # no previous table given
+    assert calls == [] and again.equals(first)
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_a_stream_that_starts_late_is_cut_on_its_own_timeline(tmp_path):
+    """Video 0.6 s after the audio: seeking from the first video frame's time cuts 15 frames early; the content
+    check catches such a cut, and split seeks on the stream's own timeline."""
+    from pipeline.cutting import CutError, cut_clip
+    from pipeline.probe import video_timeline
+
+    src, cuts = scenes_video(tmp_path / "v.mp4", [30, 30, 30])
+    late = tmp_path / "late.mp4"
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=5",
+                    "-itsoffset", "0.6", "-i", str(src), "-map", "1:v", "-map", "0:a", "-c:v", "copy", "-c:a", "aac",
+                    str(late)], check=True)
+    times, offset = video_timeline(late)
+    assert offset == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(CutError, match="landed on other frames"):
+        cut_clip(late, tmp_path / "wrong.mp4", times, 32, 58, Encoding())  # as before: no offset
+    cut_clip(late, tmp_path / "right.mp4", times, 32, 58, Encoding(), offset_s=offset)
+    src_frames, clip = decode_all(late), decode_all(tmp_path / "right.mp4")
+    for i in (0, len(clip) - 1):
+        diffs = [np.abs(clip[i].astype(float) - f.astype(float)).mean() for f in src_frames]
+        assert int(np.argmin(diffs)) == 32 + i
+
+
+def test_byte_identical_sources_give_one_set_of_clips(tmp_path, carphone):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(carphone, raw / "a.mp4")
+    shutil.copy(carphone, raw / "b.mp4")
+    sources, clips = _split(raw, tmp_path / "clips")
+    b = sources.filter(pl.col("path") == "b.mp4").row(0, named=True)
+    assert b["status"] == "rejected" and b["reason"] == "duplicate of a.mp4"
+    assert clips["clip_id"].is_unique().all() and set(clips["source_path"]) == {"a.mp4"}
+
+
+def test_key_columns_must_be_unique():
+    from pipeline.schemas import SchemaError, check_unique
+
+    df = pl.DataFrame({"clip_id": ["a", "b", "a"]})
+    with pytest.raises(SchemaError, match="key column 'clip_id' is not unique: a repeated"):
+        check_unique(df, "clips", "data/clips.parquet")

@@ -75,6 +75,8 @@ def make_backend(p: dict, settings: RunSettings):
             concurrency=max(1, int(o.get("concurrency", EndpointConfig.concurrency))),
             retries=max(0, int(o.get("retries", EndpointConfig.retries))),
             extra_body=dict(o.get("extra_body") or {}),
+            max_response_bytes=max(1, int(o.get("max_response_bytes", EndpointConfig.max_response_bytes))),
+            circuit_failures=max(0, int(o.get("circuit_failures", EndpointConfig.circuit_failures))),
         )
         label = endpoint_label(endpoint)
         return label, lambda: OpenAICaptioner(endpoint, generation, label)

@@ -26,23 +26,39 @@ def read_edits(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         return {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             return {}
         if [h.strip() for h in header] != HEADER:
             raise EditsError(f"{path}: header must be 'clip_id,caption', got {','.join(header)!r}")
         edits: dict[str, str] = {}
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 2:
-                raise EditsError(f"{path}:{lineno}: expected 2 fields (clip_id,caption), got {len(row)}")
+                raise EditsError(f"{path}:{reader.line_num}: expected 2 fields (clip_id,caption), got {len(row)}")
             clip_id, caption = row[0].strip(), normalise_edit(row[1])
             if clip_id and caption:
                 edits[clip_id] = caption
+    except csv.Error as exc:
+        raise EditsError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     return edits
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; :class:`EditsError` naming the file (and line) when it cannot be read or is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EditsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise EditsError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                         "save the file as UTF-8") from None
 
 
 def normalise_edit(text: str) -> str:

@@ -45,7 +45,7 @@ class CaptionStore:
         paths = sorted(self.dir.glob("*.parquet")) if self.dir.exists() else []
         for path in [p for p in (extra or []) if p.exists()] + paths:
             try:
-                df = schemas.read_table(path, "captions")
+                df = schemas.read_table(path, "caption_parts")
             except Exception as exc:  # noqa: BLE001
                 log.warning("%s: skipped unreadable caption part (%s)", path, exc)
                 continue
@@ -78,7 +78,7 @@ class CaptionStore:
             return
         self.seq += 1
         path = self.dir / f"{self.run}-{self.seq:05d}.parquet"
-        schemas.write_table(schemas.frame("captions", self.pending), path, "captions")
+        schemas.write_table(schemas.frame("caption_parts", self.pending), path, "caption_parts")
         self.files.append(path)
         self.pending = []
 
@@ -90,7 +90,7 @@ class CaptionStore:
         self.seq += 1
         path = self.dir / f"{self.run}-{self.seq:05d}-all.parquet"
         rows = sorted(self.rows.values(), key=lambda r: (r["clip_id"], r["created_at"]))
-        schemas.write_table(schemas.frame("captions", rows), path, "captions")
+        schemas.write_table(schemas.frame("caption_parts", rows), path, "caption_parts")
         for old in self.files:
             if old != path:
                 old.unlink(missing_ok=True)

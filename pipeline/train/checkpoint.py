@@ -6,29 +6,53 @@
 - ``optimizer.safetensors``: every tensor of the optimizer state, flattened
   (``state.<param index>.<name>``), plus the RNG states (``rng.torch``, ``rng.cuda.<i>``);
 - ``state.json``: step, data position, the optimizer's non-tensor state and param groups, the
-  LR scheduler's state, the loss history, and the run's fingerprint (a checkpoint of another
-  configuration is never resumed).
+  LR scheduler's state, the loss history, the run's fingerprint (a checkpoint of another
+  configuration is never resumed) and the sha256 of both tensor files.
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a kill
-mid-save leaves the previous checkpoint as the latest.
+mid-save leaves the previous checkpoint as the latest (the leftover ``.tmp-step-*`` folder is
+removed by :func:`remove_leftovers` at the start of the next run). A damaged checkpoint (invalid
+``state.json``, a tensor file that is truncated, flipped or does not match the model) is never
+half-restored: :func:`resume` checks everything before it touches the model, the optimizer or the
+scheduler, logs one WARNING naming the checkpoint, and falls back to the one before.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.fsutil import write_json
+from pipeline.fsutil import sha256_file, write_json
 
 log = logging.getLogger("train")
 
 PREFIX = "step-"
+TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
+# Optimizer state tensors shaped like their parameter: torch AdamW's moments, bitsandbytes' states.
+PARAM_SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state1", "state2")
+STATE_KEYS = {"step": int, "fingerprint": str, "optimizer": dict, "scheduler": dict, "train_losses": list,
+              "eval_losses": list}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed; the message is one line naming its folder and why."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged checkpoint ({why})")
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -73,7 +97,8 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(folder: str | Path, step: int, params: dict[str, torch.nn.Parameter],
                     optimizer: torch.optim.Optimizer, scheduler, state: dict, keep: int = 2) -> Path:
-    """Write ``folder/step-<step>`` and keep only the newest ``keep`` checkpoints."""
+    """Write ``folder/step-<step>`` and keep only the newest ``keep`` checkpoints. Checkpoints after
+    ``step`` go: a run saving ``step`` resumed before them, so they were skipped as damaged."""
     folder = Path(folder)
     final = folder / f"{PREFIX}{step:06d}"
     tmp = folder / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
@@ -82,9 +107,13 @@ def save_checkpoint(folder: str | Path, step: int, params: dict[str, torch.nn.Pa
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
     opt_tensors, opt_structure = optimizer_to_flat(optimizer)
     save_file({**opt_tensors, **rng_tensors()}, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_structure, "scheduler": scheduler.state_dict()})
+    files = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
+    write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_structure, "scheduler": scheduler.state_dict(),
+                                    "files": files})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    for later in (p for p in list_checkpoints(folder) if p.name > final.name):
+        shutil.rmtree(later, ignore_errors=True)
     if keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -99,19 +128,83 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists())
 
 
-def load_latest(folder: str | Path, fingerprint: str) -> dict | None:
-    """The newest checkpoint of this configuration as {"state", "params", "optimizer_tensors", "path"}, or None."""
+def read_state(path: Path) -> dict:
+    """A checkpoint's ``state.json``, with the keys a resume needs; raises :class:`CheckpointError`."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _damaged(path, f"state.json: {_one_line(e)}") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, "state.json is not a JSON object")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise _damaged(path, f"state.json: '{key}' missing or not a {kind.__name__}")
+    if state["step"] < 0:
+        raise _damaged(path, f"state.json: step {state['step']}")
+    return state
+
+
+def read_tensors(path: Path, state: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """{"params", "optimizer_tensors"} of a checkpoint, each file checked against the sha256 in
+    ``state.json`` (checkpoints written before the hashes were recorded are only parsed)."""
+    hashes = state.get("files") or {}
+    out = {}
+    for name, field in zip(TENSOR_FILES, ("params", "optimizer_tensors")):
+        file = path / name
+        try:
+            if name in hashes and sha256_file(file) != hashes[name]:
+                raise _damaged(path, f"{name} does not match its sha256 (corrupted bytes)")
+            out[field] = load_file(str(file))
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise _damaged(path, f"{name}: {_one_line(e)}") from None
+    return out
+
+
+def candidates(folder: str | Path, fingerprint: str) -> Iterator[dict]:
+    """Readable checkpoints of this configuration, newest first, each {"state", "params",
+    "optimizer_tensors", "path"}. A damaged one is skipped with a WARNING naming it; at a checkpoint
+    of another configuration the search stops (the run starts over)."""
     for path in reversed(list_checkpoints(folder)):
         try:
-            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-            if state.get("fingerprint") != fingerprint:
+            state = read_state(path)
+            if state["fingerprint"] != fingerprint:
                 log.info("%s: checkpoint of another configuration, not resumed", path)
-                return None
-            return {"state": state, "params": load_file(str(path / "trainable.safetensors")),
-                    "optimizer_tensors": load_file(str(path / "optimizer.safetensors")), "path": path}
-        except (OSError, ValueError, KeyError) as e:  # damaged checkpoint: try the one before
-            log.warning("%s: unreadable checkpoint (%s), trying an older one", path, e)
+                return
+            yield {"state": state, **read_tensors(path, state), "path": path}
+        except CheckpointError as e:
+            log.warning("%s; trying the previous checkpoint", e)
+
+
+def load_latest(folder: str | Path, fingerprint: str) -> dict | None:
+    """The newest readable checkpoint of this configuration as {"state", "params", "optimizer_tensors", "path"}, or None."""
+    return next(candidates(folder, fingerprint), None)
+
+
+def resume(folder: str | Path, fingerprint: str, params: dict[str, torch.nn.Parameter],
+           optimizer: torch.optim.Optimizer, scheduler) -> dict | None:
+    """Restore the newest sound checkpoint of this configuration into the run and return it (as
+    :func:`load_latest` does), or None. One that fails to load or to match the model is skipped with
+    a WARNING naming it, leaving the run untouched, and the one before is tried."""
+    for found in candidates(folder, fingerprint):
+        try:
+            restore(found, params, optimizer, scheduler)
+            return found
+        except CheckpointError as e:
+            log.warning("%s; trying the previous checkpoint", e)
     return None
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the ``.tmp-step-*`` folders of saves that were killed (they are never resumed); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(f".tmp-{PREFIX}"))
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def clear(folder: str | Path) -> int:
@@ -125,16 +218,69 @@ def clear(folder: str | Path) -> int:
     return len(gone)
 
 
-def restore(ckpt: dict, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """Load a checkpoint from :func:`load_latest` into the run; returns its state dict."""
-    saved = ckpt["params"]
+def _check_params(path: Path, saved: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
+    """The saved trainable tensors are exactly the run's parameters (names, shapes) and finite."""
     if set(saved) != set(params):
-        raise ValueError(f"{ckpt['path']}: LoRA parameters do not match the model")
+        raise CheckpointError(f"{path}: LoRA parameters do not match the model")
+    for name, p in params.items():
+        t = saved[name]
+        if tuple(t.shape) != tuple(p.shape):
+            raise _damaged(path, f"parameter '{name}' is {list(t.shape)}, the model's {list(p.shape)}")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise _damaged(path, f"parameter '{name}' is not finite floating point")
+
+
+def _check_optimizer(path: Path, sd: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The saved optimizer state refers to the run's parameters, in order, with tensors of their shapes."""
+    saved_ids = [i for g in sd["param_groups"] for i in g["params"]]
+    current = [p for g in optimizer.param_groups for p in g["params"]]
+    if len(sd["param_groups"]) != len(optimizer.param_groups) or len(saved_ids) != len(current):
+        raise _damaged(path, "optimizer state does not match the run's parameter groups")
+    by_id = dict(zip(saved_ids, current))
+    for pid, entry in sd["state"].items():
+        if pid not in by_id:
+            raise _damaged(path, f"optimizer state of unknown parameter {pid}")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and name in PARAM_SHAPED_STATE and value.shape != by_id[pid].shape:
+                raise _damaged(path, f"optimizer '{name}' of parameter {pid} is {list(value.shape)}, "
+                                     f"the parameter {list(by_id[pid].shape)}")
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise _damaged(path, f"optimizer '{name}' of parameter {pid} is not finite")
+
+
+def _check_rng(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    rng = tensors.get("rng.torch")
+    now = torch.get_rng_state()
+    if rng is None or rng.dtype != now.dtype or rng.shape != now.shape:
+        raise _damaged(path, "optimizer.safetensors: no valid 'rng.torch' state")
+
+
+def restore(ckpt: dict, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Load a checkpoint from :func:`load_latest` into the run; returns its state dict. Everything is
+    checked first and the optimizer and scheduler are rolled back if they refuse their state, so a
+    :class:`CheckpointError` leaves the run as it was."""
+    path, state, tensors = ckpt["path"], ckpt["state"], ckpt["optimizer_tensors"]
+    _check_params(path, ckpt["params"], params)
+    try:
+        opt_sd = optimizer_from_flat(tensors, state["optimizer"])
+        _check_optimizer(path, opt_sd, optimizer)
+    except CheckpointError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a damaged structure in state.json
+        raise _damaged(path, f"optimizer state: {_one_line(e)}") from None
+    _check_rng(path, tensors)
+    if set(state["scheduler"]) != set(scheduler.state_dict()):
+        raise _damaged(path, "scheduler state does not match the run's scheduler")
+    opt_before, sched_before = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict())
+    try:
+        optimizer.load_state_dict(opt_sd)
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as e:  # torch raises several types for a state it cannot take
+        optimizer.load_state_dict(opt_before)
+        scheduler.load_state_dict(sched_before)
+        raise _damaged(path, f"optimizer or scheduler state: {_one_line(e)}") from None
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(saved[name].to(p.device, p.dtype))
-    state = ckpt["state"]
-    optimizer.load_state_dict(optimizer_from_flat(ckpt["optimizer_tensors"], state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng(ckpt["optimizer_tensors"])
+            p.copy_(ckpt["params"][name].to(p.device, p.dtype))
+    restore_rng(tensors)
     return state

@@ -14,7 +14,7 @@ from pipeline.train.timesteps import TimestepSampler
 # same up to float rounding, so a run may resume on another card with another plan.
 BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
                "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert",
-               "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib"}
+               "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib", "verify_cache"}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     repeats: dict[str, int] = field(default_factory=lambda: {"video": 1, "image": 1})
     dataset_repeats: dict[str, int] = field(default_factory=dict)
     image_batch_fraction: float | None = None
+    verify_cache: bool = True  # check each cache entry's stored sha256 before training; damaged samples are skipped
     # held out + eval
     held_out_fraction: float = 0.1
     held_out_clips: list[str] = field(default_factory=list)
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.expert not in ("high", "low", "both"):
             raise ValueError(f"train.expert must be high, low or both, got '{self.expert}'")
+        if not isinstance(self.verify_cache, bool):
+            raise ValueError(f"train.verify_cache must be true or false, got {self.verify_cache!r}")
         self._validate_memory()
         self.sampler()  # checks the timestep settings
 

@@ -5,6 +5,11 @@ without padding or cropping. The order of batches is a pure function of the seed
 index: each kind has an endless stream of epochs (samples repeated per kind and per dataset,
 shuffled within each bucket, cut into batches, batches shuffled), and each draw picks the kind
 with a seeded coin. Resuming at batch ``n`` therefore needs only ``n``.
+
+Wrong data is never trained on: before training, samples whose cache entries are missing or
+damaged (``CachedBatches.missing`` / ``CachedBatches.damaged``: the stored sha256 is checked with
+``train.verify_cache``) are dropped with a reason; a loaded batch whose tensors are not finite or
+absurdly large (``batch_problem``) is skipped by the training loop.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ log = logging.getLogger("train")
 
 KINDS = ("video", "image")
 BUCKET_COLUMNS = ("kind", "bucket_frames", "bucket_height", "bucket_width")
+# Largest |value| a batch may hold. Normalised Wan latents (and I2V condition latents) are O(1),
+# a few units at most; 1e3 leaves wide room and still stops what a bad encoder or a flipped
+# exponent bit gives (1e26 and more) before it reaches the optimizer.
+MAX_ABS_LATENT = 1e3
+# Text (UMT5) and image (CLIP penultimate layer) embeddings are not normalised and carry outlier
+# channels of some hundreds; the bound is looser but still far below a damaged value.
+MAX_ABS_EMBEDDING = 1e5
 
 
 def _unit_hash(text: str) -> float:
@@ -220,6 +232,29 @@ class CachedBatches:
                     break
         return out
 
+    def damaged(self, verify: bool = True) -> dict[int, str]:
+        """Rows with a needed cache entry that is damaged -> why (the entry's path and the reason).
+        ``verify``: read every entry and check its stored sha256, shape and values
+        (``CacheStore.verify_entry``); else only the cheap header check (``CacheStore.check_header``).
+        Each entry is checked once however many rows share it; rows from :meth:`missing` are skipped."""
+        check = self.store.verify_entry if verify else self.store.check_header
+        problems: dict[str, str | None] = {}
+        out = {}
+        for i in range(len(self.latent_keys)):
+            for key in self.keys(i):
+                if not key or not self.store.has(key):
+                    break
+                if key not in problems:
+                    problems[key] = check(key)
+                if problems[key]:
+                    out[i] = f"{self.store.path(key)}: damaged cache entry ({problems[key]})"
+                    break
+        return out
+
+    def describe(self, rows: tuple[int, ...] | list[int]) -> str:
+        """The sample ids of ``rows``, for messages."""
+        return ", ".join(self.sample_ids[r] for r in rows)
+
     def latents(self, row: int) -> torch.Tensor:
         lat = self.store.get(self.latent_keys[row])["latents"]
         if tuple(lat.shape) != self.latent_shapes[row]:
@@ -249,3 +284,27 @@ class CachedBatches:
             torch.stack([self.cond(r) for r in rows]) if self.cond_keys is not None else None,
             torch.stack([self.image(r) for r in rows]) if self.image_keys is not None else None,
         )
+
+
+def tensor_problem(name: str, t: torch.Tensor | None, max_abs: float) -> str | None:
+    """Why ``t`` must not be trained on (NaN/Inf, or a value beyond ``max_abs``), else None."""
+    if t is None or not t.is_floating_point() or t.numel() == 0:
+        return None
+    if not bool(torch.isfinite(t).all()):
+        return f"{name} have NaN or Inf values"
+    peak = float(t.abs().max())
+    if peak > max_abs:
+        return f"{name} reach |x| = {peak:.3g} (more than {max_abs:g})"
+    return None
+
+
+def batch_problem(inputs: TrainInputs) -> str | None:
+    """Why a loaded batch must not reach the optimizer, else None: every tensor finite, latents and
+    condition latents within ``MAX_ABS_LATENT``, embeddings within ``MAX_ABS_EMBEDDING``."""
+    checks = (("latents", inputs.latents, MAX_ABS_LATENT), ("condition latents", inputs.cond, MAX_ABS_LATENT),
+              ("prompt embeddings", inputs.text, MAX_ABS_EMBEDDING), ("image embeddings", inputs.image, MAX_ABS_EMBEDDING))
+    for name, t, bound in checks:
+        problem = tensor_problem(name, t, bound)
+        if problem:
+            return problem
+    return None

@@ -7,7 +7,14 @@ the encode stage wrote them) and prompt embeddings padded with zeros to the prof
 predict noise - x0 (mean squared error). Because the data order, the noise and the timesteps
 are functions of the batch index, and checkpoints hold the LoRA weights, the optimizer, the
 scheduler and the RNG state (dropout), a resumed run ends with the same LoRA as an
-uninterrupted one.
+uninterrupted one. Ctrl-C (SIGINT) or SIGTERM while training checkpoints the last completed
+step before the process exits (``StopSignals``), so a killed run loses at most one step.
+
+Wrong data never reaches the optimizer: samples with a missing or damaged cache entry are
+dropped before training (``prepare_data``), a loaded batch with NaN/Inf or absurd values is
+skipped (``data.batch_problem``; its batch index is still consumed, so the data order and a
+resume stay as they were), and a step whose loss is not finite makes no update. Both are logged
+and counted in the metrics (``skipped_batches``, ``skipped_steps``).
 
 The family's conditioning (I2V channels and image embeddings, TI2V's clean first frame and
 per-token timesteps) comes from ``conditioning``; Wan 2.2 A14B trains one expert at a time
@@ -25,7 +32,9 @@ import importlib.util
 import logging
 import math
 import resource
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +54,8 @@ from pipeline.profiles import Profile
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.conditioning import T2V, Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import Batch, BatchPlan, CachedBatches, check_profile, held_out_flags, sample_repeats
+from pipeline.train.data import (Batch, BatchPlan, CachedBatches, batch_problem, check_profile, held_out_flags,
+                                 sample_repeats)
 from pipeline.train.experts import Expert, all_lora_files, expert_label, experts_to_train
 from pipeline.train.estimate import NO_PLAN, Estimate, MemoryPlan, ModelSize, video_tokens
 from pipeline.train.lora import add_lora, lora_metadata, lora_state_dict, save_lora_files, trainable_parameters
@@ -194,16 +204,66 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, scheduler, max_g
     optimizer.zero_grad(set_to_none=True)
 
 
-def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple[Batch, TrainInputs]]:
-    """Load the next batch from the cache in a thread while the current one trains."""
+def skip_update(optimizer, scheduler) -> None:
+    """A step that must not change the LoRA (its loss is not finite, or every batch was skipped): the
+    gradients are dropped, the optimizer does not step; the LR schedule moves on with the step count."""
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+def _load_checked(loader: CachedBatches, rows: tuple[int, ...]) -> tuple[TrainInputs, str | None]:
+    """A batch from the cache and why it must not be trained on (None when it may)."""
+    inputs = loader.load(rows)
+    return inputs, batch_problem(inputs)
+
+
+def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple[Batch, TrainInputs, str | None]]:
+    """Load (and check) the next batch from the cache in a thread while the current one trains."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         batch = next(batches)
-        future = pool.submit(loader.load, batch.rows)
+        future = pool.submit(_load_checked, loader, batch.rows)
         while True:
             nxt = next(batches)
-            nxt_future = pool.submit(loader.load, nxt.rows)
-            yield batch, future.result()
+            nxt_future = pool.submit(_load_checked, loader, nxt.rows)
+            yield batch, *future.result()
             batch, future = nxt, nxt_future
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while the training loop runs. The handler only records the signal;
+    the loop, once its current step is done, checkpoints it and raises :meth:`exception`
+    (KeyboardInterrupt, or SystemExit(128 + 15) for SIGTERM). A second signal stops at once.
+    Installed only from the main thread (Python allows no other); the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise self.exception(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def exception(self, signum: int | None = None) -> BaseException:
+        signum = self.signum if signum is None else signum
+        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + int(signum))
 
 
 @torch.no_grad()
@@ -274,11 +334,18 @@ def prepare_data(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, stor
     missing = loader.missing()
     for r, why in sorted(missing.items()):
         log.warning("%s: sample %s skipped (re-run the encode stage)", why, samples["sample_id"][r])
-    if missing:
-        samples = samples[[i for i in range(samples.height) if i not in missing]]
+    if cfg.verify_cache:
+        log.info("verifying the cache entries of %d samples (sha256; train.verify_cache)", samples.height - len(missing))
+    damaged = {r: why for r, why in loader.damaged(cfg.verify_cache).items() if r not in missing}
+    for r, why in sorted(damaged.items()):
+        log.warning("%s: sample %s skipped (`vlp cache verify --delete-bad`, then the encode stage, rewrites it)",
+                    why, samples["sample_id"][r])
+    dropped = set(missing) | set(damaged)
+    if dropped:
+        samples = samples[[i for i in range(samples.height) if i not in dropped]]
         loader = CachedBatches(store, samples, profile.max_text_tokens, **flags)
     if samples.height == 0:
-        raise ValueError("no samples to train on (encoded.parquet is empty or every cache entry is missing)")
+        raise ValueError("no samples to train on (encoded.parquet is empty or every cache entry is missing or damaged)")
 
     held = held_out_flags(samples, cfg.held_out_fraction, cfg.held_out_clips, cfg.held_out_by)
     train_rows = [i for i, h in enumerate(held) if not h]
@@ -307,8 +374,9 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
           on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train the LoRA(s) on ``samples`` (from ``data.build_samples``); write the run folder; return the metrics.
 
-    ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step);
-    with two experts trained in turn the second one's steps count on from ``train.steps``.
+    ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step; the
+    loss is NaN for a step that made no update); with two experts trained in turn the second one's steps
+    count on from ``train.steps``.
     """
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
@@ -398,16 +466,20 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
                                            data.samples["text_key"].to_list(), data.held]})
     ckpt_dir = out_dir / "checkpoints" / expert.name if expert.name else out_dir / "checkpoints"
     start, train_losses, eval_losses, resumed_from = 0, [], [], None
-    found = ckpt.load_latest(ckpt_dir, fingerprint)
+    skipped = {"skipped_steps": 0, "skipped_batches": 0}
+    for leftover in ckpt.remove_leftovers(ckpt_dir):
+        log.info("%s: removed (left by a checkpoint save that was killed)", leftover)
+    found = ckpt.resume(ckpt_dir, fingerprint, params, optimizer, scheduler)
     if found is not None:
-        state = ckpt.restore(found, params, optimizer, scheduler)
+        state = found["state"]
         start, resumed_from = state["step"], state["step"]
         train_losses = [tuple(x) for x in state["train_losses"]]
         eval_losses = [tuple(x) for x in state["eval_losses"]]
+        skipped = {k: int(state.get(k, 0)) for k in skipped}
         log.info("resuming from %s (step %d of %d)", found["path"], start, cfg.steps)
     else:
         if n := ckpt.clear(ckpt_dir):
-            log.info("%s: removed %d checkpoint(s) of another configuration", ckpt_dir, n)
+            log.info("%s: removed %d checkpoint(s) that cannot be resumed (another configuration, or damaged)", ckpt_dir, n)
         torch.manual_seed(_seed("global", cfg.seed, *tag))
         if device.type == "cuda":
             torch.cuda.manual_seed_all(_seed("global", cfg.seed, *tag))
@@ -426,35 +498,57 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
         torch.cuda.reset_peak_memory_stats(device)
     if start == 0:
         run_eval(0)
+
+    def save(done: int) -> Path:
+        path = ckpt.save_checkpoint(ckpt_dir, done, params, optimizer, scheduler,
+                                    {"fingerprint": fingerprint, "train_losses": train_losses, "eval_losses": eval_losses,
+                                     "batches_consumed": done * cfg.grad_accum, **skipped}, keep=cfg.keep_checkpoints)
+        curves.write(expert, step_offset, train_losses, eval_losses)  # follow a long run
+        return path
+
     batches = _prefetch(data.plan.iterate(start * cfg.grad_accum), loader)
     step_times = []
     bar = tqdm(range(start, cfg.steps), desc=f"train {expert.name}".rstrip(), unit="step", initial=start, total=cfg.steps,
                disable=not cfg.progress)
-    for step in bar:
-        t0 = time.perf_counter()
-        micro_losses = []
-        for _ in range(cfg.grad_accum):
-            batch, inputs = next(batches)
-            inputs = inputs.to(device, non_blocking=True)
-            g = torch.Generator(device).manual_seed(_seed("batch", cfg.seed, *tag, batch.index))
-            micro_losses.append(micro_step(model, inputs, sampler, g, compute, cfg.grad_accum, conditioning))
-        optimizer_step(list(params.values()), optimizer, scheduler, cfg.max_grad_norm)
-        done = step + 1
-        value = sum(micro_losses) / len(micro_losses)
-        train_losses.append((done, value))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_times.append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        if cfg.eval_every > 0 and done % cfg.eval_every == 0:
-            run_eval(done)
-        if (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0) or done == cfg.steps:
-            ckpt.save_checkpoint(ckpt_dir, done, params, optimizer, scheduler,
-                                 {"fingerprint": fingerprint, "train_losses": train_losses, "eval_losses": eval_losses,
-                                  "batches_consumed": done * cfg.grad_accum}, keep=cfg.keep_checkpoints)
-            curves.write(expert, step_offset, train_losses, eval_losses)  # follow a long run
-        if on_step is not None:
-            on_step(done, value)
+    with StopSignals() as stop:
+        for step in bar:
+            t0 = time.perf_counter()
+            done = step + 1
+            micro_losses = []
+            for _ in range(cfg.grad_accum):
+                batch, inputs, problem = next(batches)
+                if problem:  # the batch index is consumed all the same: the data order stays as planned
+                    log.warning("step %d: batch %d skipped (samples %s): %s", done, batch.index, loader.describe(batch.rows),
+                                problem)
+                    skipped["skipped_batches"] += 1
+                    continue
+                inputs = inputs.to(device, non_blocking=True)
+                g = torch.Generator(device).manual_seed(_seed("batch", cfg.seed, *tag, batch.index))
+                micro_losses.append(micro_step(model, inputs, sampler, g, compute, cfg.grad_accum, conditioning))
+            value = sum(micro_losses) / len(micro_losses) if micro_losses else math.nan
+            if math.isfinite(value):
+                optimizer_step(list(params.values()), optimizer, scheduler, cfg.max_grad_norm)
+                train_losses.append((done, value))
+            else:
+                skip_update(optimizer, scheduler)
+                skipped["skipped_steps"] += 1
+                log.warning("step %d: %s; no update this step", done,
+                            f"loss is {value}" if micro_losses else "every batch was skipped")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            if cfg.eval_every > 0 and done % cfg.eval_every == 0:
+                run_eval(done)
+            saved = (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0) or done == cfg.steps
+            if saved:
+                save(done)
+            if on_step is not None:
+                on_step(done, value)
+            if stop.signum is not None:
+                path = ckpt_dir / f"{ckpt.PREFIX}{done:06d}" if saved else save(done)
+                log.warning("%s after step %d: checkpoint %s written; run again to resume from it", stop.name, done, path)
+                raise stop.exception()
     run_eval(cfg.steps)
     peak_gib, peak_kind = peak_memory(device)
     if device.type == "cuda":
@@ -472,6 +566,7 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     metrics = _metrics(cfg, train_losses, eval_losses, est, peak_gib, peak_kind, step_times, device,
                        len(data.train_rows), len(data.held) - len(data.train_rows),
                        sum(p.numel() for p in params.values()), resumed_from)
+    metrics.update(skipped)
     metrics.update(_memory_metrics(memory, budget, device))
     del model, params, optimizer, scheduler, memory  # the next expert loads into the memory this one held
     gc.collect()
