@@ -4,8 +4,8 @@ video, one after the other, as a user would), in the same run.
 
 Each side runs as its own child process (interpreter start and imports included) in a fresh temp
 folder; the parent times it and samples the summed PSS (proportional set size: shared pages
-counted once) of the child and all its descendants every 50 ms for the peak memory. Ours calls the functions the DVC stages call, with jobs = all
-cores. Usage::
+counted once) of the child and all its descendants every 50 ms for the peak memory. Ours calls
+the functions the DVC stages call, with jobs = all cores. Usage::
 
     python bench/curation.py [--repeat 3] [VIDEO ...]      # default: the three sample videos
 
@@ -32,13 +32,13 @@ HERE = Path(__file__).resolve()
 
 def run_ours(raw: Path, work: Path) -> dict:
     """Our pipeline, as the probe/split/score/filter stages run it; returns per-step seconds."""
-    from pipeline import schemas
-    from pipeline.filtering import filter_clips
-    from pipeline.filters import FilterConfig
-    from pipeline.params import resolve_jobs
-    from pipeline.probe_table import probe_paths
-    from pipeline.scoring import ScoreConfig, score_clips
-    from pipeline.split import SplitConfig, split_sources
+    from pipeline.core import schemas
+    from pipeline.core.params import resolve_jobs
+    from pipeline.curate.filter.filtering import filter_clips
+    from pipeline.curate.filter.rules import FilterConfig
+    from pipeline.curate.probe.table import probe_paths
+    from pipeline.curate.score.scoring import ScoreConfig, score_clips
+    from pipeline.curate.split.split import SplitConfig, split_sources
 
     jobs = resolve_jobs(0)
     steps = {}
@@ -117,7 +117,7 @@ def main() -> int:
     if args.videos:
         videos = [Path(v) for v in args.videos]
     else:
-        from pipeline.samples import SAMPLE_VIDEOS, sample_video
+        from pipeline.core.samples import SAMPLE_VIDEOS, sample_video
 
         videos = [sample_video(n) for n in SAMPLE_VIDEOS]
     with tempfile.TemporaryDirectory(prefix="bench-raw-") as raw_dir:

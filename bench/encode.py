@@ -3,7 +3,7 @@ re-run after one caption edit.
 
 Baseline: a plain loop in this process that loads the same VAE, reads the same frames (same
 reader, resize and crop) and calls ``vae.encode(...).latent_dist.mean`` one clip at a time.
-Ours: ``pipeline.encode.encode_dataset`` on an empty store whose captions are already cached
+Ours: ``pipeline.encode.encode.encode_dataset`` on an empty store whose captions are already cached
 (so both do only VAE work): plan, fingerprints, keys, VAE load, batches, normalisation, NaN
 check, safetensors writes, the table. Overhead ratio = ours / baseline (target <= 1.05).
 Then one caption is edited and the stage runs again (target: 1 text encoded, 0 latents).
@@ -26,14 +26,22 @@ from pathlib import Path
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
 
-from encode_data import make_video, tables  # noqa: E402  (synthetic clips; tests/encode_data.py)
-from pipeline.cache import CacheStore  # noqa: E402
-from pipeline.encode import EncodeConfig, Encoder, encode_dataset, plan_samples  # noqa: E402
-from pipeline.frames import load_sample  # noqa: E402
+from pipeline.cache.store import CacheStore  # noqa: E402
+from pipeline.encode.encode import (  # noqa: E402
+    EncodeConfig,
+    Encoder,
+    encode_dataset,
+    plan_samples,
+)
+from pipeline.models.profiles import get_profile  # noqa: E402
 from pipeline.models.vae import load_vae  # noqa: E402
-from pipeline.profiles import get_profile  # noqa: E402
+from tests.helpers.encode_data import (  # noqa: E402  (synthetic clips)
+    make_video,
+    tables,
+)
+from tests.helpers.latents import load_sample  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -82,7 +90,7 @@ def main(argv=None) -> int:
         samples, _ = plan_samples(ds, caps, cfg, profile, root)
         texts = CacheStore(root / "texts")
         enc = Encoder(texts, profile, cfg)
-        from pipeline.encode import assign_keys
+        from pipeline.encode.plan import assign_keys
 
         assign_keys(samples, cfg, enc.vae_fp, enc.text_fp, enc.max_len, enc.device)
         enc.encode_texts(list({s.text_key: s for s in samples}.values()))  # captions cached, not timed

@@ -39,14 +39,19 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.transformer import _keep_fp32_modules, build_on_meta, transformer_config  # noqa: E402
+from pipeline.models.transformer import (  # noqa: E402
+    _keep_fp32_modules,
+    build_on_meta,
+    transformer_config,
+)
 from pipeline.train.conditioning import TrainInputs  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.estimate import MemoryPlan, ModelSize, estimate_step  # noqa: E402
-from pipeline.train.loop import flow_matching_loss, setup_lora_training  # noqa: E402
 from pipeline.train.memory import apply_memory_plan  # noqa: E402
 from pipeline.train.movers import HostMover  # noqa: E402
 from pipeline.train.planner import PlanError, plan_memory  # noqa: E402
+from pipeline.train.setup import setup_lora_training  # noqa: E402
+from pipeline.train.step import flow_matching_loss  # noqa: E402
 
 
 class LiveBytes(TorchDispatchMode):
@@ -155,7 +160,7 @@ def trace(config: dict, storage: str, plan: MemoryPlan, latent: list[int], text:
         for t in [*model.parameters(), *model.buffers(), *adam]:
             tracker.add(t)
         with tracker:
-            for step in range(2):  # the second step: grads and slots as in a steady run
+            for _ in range(2):  # the second step: grads and slots as in a steady run
                 tracker.peak = tracker.current
                 loss = flow_matching_loss(model, inputs, torch.rand(1), torch.randn_like(inputs.latents), torch.bfloat16)
                 loss.backward()

@@ -43,16 +43,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.transformer import TINY_IMAGE_DIM, build_on_device, transformer_config, transformer_in_channels
-from pipeline.profiles import get_profile
+from pipeline.models.profiles import get_profile
+from pipeline.models.tiny.transformer import TINY_IMAGE_DIM
+from pipeline.models.transformer import (
+    build_on_device,
+    transformer_config,
+    transformer_in_channels,
+)
 from pipeline.train.conditioning import Conditioning, TrainInputs
 from pipeline.train.config import TrainConfig
-from pipeline.train.estimate import MemoryPlan, ModelSize, video_tokens
-from pipeline.train.loop import (make_optimizer, micro_step, optimizer_is_8bit, optimizer_step, resolve_storage,
-                                 setup_lora_training)
+from pipeline.train.estimate import ModelSize, video_tokens
 from pipeline.train.memory import apply_memory_plan
 from pipeline.train.planner import Wanted, choose_plan
-
+from pipeline.train.setup import make_optimizer, optimizer_is_8bit, resolve_storage, setup_lora_training
+from pipeline.train.step import micro_step, optimizer_step
 
 REAL_IMAGE_DIM, REAL_IMAGE_TOKENS, TINY_IMAGE_TOKENS = 1280, 257, 17  # CLIP ViT-H/14 at 224 px; the tiny CLIP
 

@@ -1,51 +1,87 @@
-"""``vlp``: the pipeline's command line. Each command lives in its own module and is imported
-only when it runs, so ``vlp --help`` stays fast."""
+"""``vlp``: the pipeline's command line.
+
+Every package registers its commands from its own ``cli`` module (``register(subparsers)``), so
+``vlp --help`` lists them all and ``vlp COMMAND --help`` lists each one's options; the heavy
+imports (torch, diffusers) happen inside the commands, so ``vlp --help`` stays fast.
+
+Conventions: ``vlp --version``; ``-q`` (warnings only) / ``-v`` (debug, and a traceback on an
+error) before the command, else the level ``VLP_LOG`` names (DEBUG, INFO, WARNING; default INFO);
+log lines carry a timestamp. A failure is one line on stderr and exit 1; a bad argument or a bad
+params value (``ParamsError``) exit 2; bare ``vlp`` prints the help and exits 2.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
 import sys
 
-from pipeline.logs import setup_logging
+from pipeline import __version__
+from pipeline.core.cli import CommandError, UsageError
+from pipeline.core.config import ParamsError
+from pipeline.core.errors import one_line
+from pipeline.core.logs import setup_logging
 
-# name -> ("module:function", one-line help). The function takes the remaining argv.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-samples": ("pipeline.samples:main", "copy the bundled sample videos and photos into data/raw"),
-    "probe": ("pipeline.curate_cli:probe_main", "probe videos and images, print a table"),
-    "split": ("pipeline.curate_cli:split_main", "split videos into clips: DIR/clips.parquet + clip files"),
-    "score": ("pipeline.score_cli:score_main", "score the clips of DIR/clips.parquet: DIR/scores.parquet"),
-    "filter": ("pipeline.score_cli:filter_main", "filter scored clips: DIR/dataset.parquet, DIR/rejected.parquet with reasons"),
-    "caption": ("pipeline.caption.cli:main", "caption clips with a VLM (run TABLE --out DIR), or set a human caption (edit CLIP_ID TEXT)"),
-    "train": ("pipeline.train.cli:train_main", "train a Wan LoRA from the cache alone: DATA/lora/<run>/ (the train stage)"),
-    "train-estimate": ("pipeline.train.cli:estimate_main", "estimate peak GPU memory and s/step of LoRA training for a model and clip shape"),
-    "cache": ("pipeline.cache_cli:main", "cache store: verify entries, gc unreferenced ones"),
-    "audit": ("pipeline.audit_cli:main", "which clips made a LoRA; which LoRAs used a source or clip; diff two LoRAs"),
-    "report": ("pipeline.report:main", "write the static dataset report data/report/index.html"),
-    "export": ("pipeline.export:main", "export kept clips + captions + dataset TOML for musubi-tuner / diffusion-pipe"),
-}
+# packages whose cli module registers commands, in the order the help lists them
+COMMAND_MODULES = (
+    "pipeline.core.samples", "pipeline.curate.cli", "pipeline.caption.cli", "pipeline.encode.cli",
+    "pipeline.train.cli", "pipeline.report.cli", "pipeline.cache.cli", "pipeline.lineage.cli", "pipeline.export.cli",
+)
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def usage() -> str:
-    width = max(len(n) for n in COMMANDS)
-    lines = ["usage: vlp COMMAND [ARGS...]", "", "Curate, caption, cache and train Wan LoRAs from raw video.", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'vlp COMMAND --help' for a command's options."]
-    return "\n".join(lines)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vlp", description="Curate, caption, cache and train Wan LoRAs from raw video.",
+        epilog="Logging: -q, -v, or VLP_LOG=DEBUG|INFO|WARNING. Run 'vlp COMMAND --help' for a command's options.")
+    ap.add_argument("--version", action="version", version=f"vlp {__version__}")
+    level = ap.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    level.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on an error")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return ap
+
+
+def commands() -> list[str]:
+    """Every top-level command name."""
+    ap = build_parser()
+    action = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"vlp: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
-        return 2
-    setup_logging()
-    target, _ = COMMANDS[name]
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    ap = build_parser()
+    if not argv:
+        ap.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse: --help / --version exit 0, a bad argument exits 2
+        return int(e.code or 0)
+    if not getattr(args, "run", None):
+        ap.parse_args([args.command, "--help"]) if args.command else ap.print_help(sys.stderr)
+        return EXIT_USAGE
+    setup_logging("WARNING" if args.quiet else "DEBUG" if args.verbose else None)
+    nested = getattr(args, f"{args.command}_command", None)  # vlp caption edit, vlp cache verify ...
+    label = f"vlp {args.command}" + (f" {nested}" if nested else "")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ParamsError, UsageError) as e:
+        print(f"{label}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - every failure is one line (a traceback with -v)
+        if args.verbose:
+            logging.getLogger("vlp").exception("%s failed", args.command)
+        message = str(e) if isinstance(e, (CommandError, FileNotFoundError)) and str(e) else one_line(e)
+        print(f"{label}: {message}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

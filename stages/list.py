@@ -1,29 +1,9 @@
-"""DVC stage: list data/raw into data/raw.listing.json (names, sizes, mtimes; nothing opened).
+"""DVC stage 'list' (see dvc.yaml): the listing `vlp probe` also makes before it probes."""
 
-Runs on every ``dvc repro`` (``always_changed``) and takes a second or less; probe depends on
-its output instead of on the folder, so DVC never hashes data/raw itself (a FIFO or a symlink
-loop there would hang it) and probe re-runs only when a file was added, removed or changed.
-"""
-
-import logging
 import sys
 
-from pipeline.listing import list_raw, write_listing
-from pipeline.logs import setup_logging
-from pipeline.params import load_params
-
-OUT = "data/raw.listing.json"
-
-
-def main() -> int:
-    setup_logging()
-    p = load_params("probe")
-    entries = list_raw(p["raw_dir"], bool(p.get("follow_symlinks_outside", False)))
-    write_listing(OUT, p["raw_dir"], entries)
-    ok = sum(e.status == "ok" for e in entries)
-    logging.getLogger("list").info("%d media files, %d entries that cannot be sources -> %s", ok, len(entries) - ok, OUT)
-    return 0
-
+from pipeline.core.stage import stage_main
+from pipeline.curate.probe.stage import run_list
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main("list", run_list))

@@ -1,30 +1,9 @@
-"""DVC stage: split the ok sources into clips under data/clips and data/clips.parquet."""
+"""DVC stage 'split' (see dvc.yaml): the same runner as `vlp split`."""
 
-import logging
 import sys
 
-from pipeline import schemas
-from pipeline.logs import setup_logging
-from pipeline.params import load_params, resolve_jobs
-from pipeline.split import SplitConfig, split_sources
-
-SOURCES = "data/sources.parquet"
-OUT = "data/clips.parquet"
-CLIPS_DIR = "data/clips"
-
-
-def main() -> int:
-    setup_logging()
-    raw_dir = load_params("probe")["raw_dir"]
-    p = load_params("split")
-    sources = schemas.read_table(SOURCES, "sources")
-    # the last run's table lives in the clips folder (split.INDEX): DVC deletes clips.parquet before this runs
-    table = split_sources(sources, raw_dir, CLIPS_DIR, SplitConfig.from_params(p), jobs=resolve_jobs(p.get("jobs")))
-    schemas.write_table(table, OUT, "clips")
-    ok = table.filter(table["status"] == "ok").height
-    logging.getLogger("split").info("%d clips ok, %d errors -> %s", ok, table.height - ok, OUT)
-    return 0
-
+from pipeline.core.stage import stage_main
+from pipeline.curate.split.stage import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main("split", run))

@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from bad_media import KINDS, make_corpus, markdown_table
 from PIL import Image
 
-from pipeline import schemas
-from pipeline.filtering import filter_clips
-from pipeline.filters import FilterConfig
-from pipeline.listing import list_raw
-from pipeline.probe import probe_file, rejected_row
-from pipeline.probe_table import _table
-from pipeline.scoring import ScoreConfig, score_clips
-from pipeline.split import SplitConfig, split_source
+from pipeline.core import schemas
+from pipeline.curate.filter.filtering import filter_clips
+from pipeline.curate.filter.rules import FilterConfig
+from pipeline.curate.probe.files import probe_file, rejected_row
+from pipeline.curate.probe.listing import list_raw
+from pipeline.curate.probe.table import _table
+from pipeline.curate.score.scoring import ScoreConfig, score_clips
+from pipeline.curate.split.split import SplitConfig, split_source
+from tests.helpers.bad_media import KINDS, make_corpus, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 PER_KIND_S = 120  # a kind that takes longer than this is hung (they are seconds of tiny media)
@@ -143,5 +143,5 @@ def test_probe_and_split_stages_exit_0_on_the_corpus_and_never_hang(tmp_path):
 
 def test_readme_bad_input_table_is_rendered_from_the_expectations():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme, "regenerate the README table: python -c 'import sys; sys.path.insert(0, \"tests\"); " \
-        "from bad_media import markdown_table; print(markdown_table())'"
+    assert markdown_table() in readme, "regenerate the README table: python -c " \
+        "'from tests.helpers.bad_media import markdown_table; print(markdown_table())'"

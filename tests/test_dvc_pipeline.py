@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import schemas
+from pipeline.core import schemas
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,9 +29,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from bad_media import photo, video
 
-from pipeline import schemas
+from pipeline.core import schemas
+from tests.helpers.bad_media import photo, video
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20261201

@@ -1,21 +1,18 @@
-"""``vlp caption``: caption clips outside DVC, and record human caption edits."""
+"""``vlp caption``: the caption stage outside DVC, and ``vlp caption edit``: human caption edits."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.caption.edits import EditsError, read_edits, set_edit
-from pipeline.params import load_params
+from pipeline.core import schemas
+from pipeline.core.cli import CommandError, add_stage_options, layout, stage_params
+from pipeline.core.layout import Layout
 
-EDITS = "data/captions_edits.csv"
-DATA = "data"
 CLIP_ID_CHARS = frozenset("0123456789abcdef")
-CLIP_ID_LENGTH = 16  # pipeline.split.make_clip_id: the first 16 hex digits of a sha256
+CLIP_ID_LENGTH = 16  # pipeline.curate.split.split.make_clip_id: the first 16 hex digits of a sha256
 MIN_PREFIX = 4
 
 
@@ -62,74 +59,50 @@ def resolve_clip_id(given: str, known: list[str], where: str) -> str:
     return matches[0]
 
 
-def edit_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="vlp caption edit",
-        description="Set (or with an empty TEXT, remove) the human caption of a clip. It wins over the VLM on every "
-                    "run. CLIP_ID is a kept clip's id (DATA/dataset.parquet) or a unique prefix of it (4+ characters).")
-    ap.add_argument("clip_id")
-    ap.add_argument("text")
-    ap.add_argument("--edits", default=EDITS, help=f"edits CSV (default {EDITS})")
-    ap.add_argument("--data", default=DATA, help=f"folder holding dataset.parquet, the kept clips (default {DATA})")
-    a = ap.parse_args(argv)
-    removing = not a.text.strip()
+def edit(args) -> int:
+    removing = not args.text.strip()
+    edits_path = args.edits or str(Layout.of(args.data).caption_edits)
     try:
-        known = kept_clip_ids(a.data)
+        known = kept_clip_ids(args.data)
         if removing:  # an edit of a clip no longer kept can still be removed
-            known += list(read_edits(a.edits))
-        clip_id = resolve_clip_id(a.clip_id, known, str(Path(a.data) / "dataset.parquet"))
-        set_edit(a.edits, clip_id, a.text)
-        n = len(read_edits(a.edits))
+            known += list(read_edits(edits_path))
+        clip_id = resolve_clip_id(args.clip_id, known, str(Path(args.data) / "dataset.parquet"))
+        set_edit(edits_path, clip_id, args.text)
+        n = len(read_edits(edits_path))
     except (EditsError, ClipIdError) as exc:
-        print(f"vlp caption edit: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
     action = "removed" if removing else "set"
-    print(f"{a.edits}: caption of {clip_id} {action} ({n} edits); run 'dvc repro caption' to apply it")
+    print(f"{edits_path}: caption of {clip_id} {action} ({n} edits); run 'dvc repro caption' to apply it")
     return 0
 
 
-def run_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="vlp caption run",
-        description="Caption the clips of a clips/dataset parquet table: OUT/captions.parquet, OUT/captions.parts/, OUT/metrics/caption.json.",
-    )
-    ap.add_argument("table", help="clips.parquet or dataset.parquet (columns clip_id, kind, path, fps, n_frames)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--params", default="params.yaml", help="params file whose 'caption' group is used (default params.yaml)")
-    ap.add_argument("--edits", default=EDITS, help=f"edits CSV (default {EDITS})")
-    ap.add_argument("--model", help="override caption.model (tiny, a hub id or a local folder)")
-    ap.add_argument("--backend", choices=["transformers", "openai"], help="override caption.backend")
-    ap.add_argument("--batch-size", type=int, help="override caption.batch_size")
-    a = ap.parse_args(argv)
+def caption(args) -> int:
+    from pipeline.caption.stage import run
 
-    from pipeline.caption.config import stage_paths
-    from pipeline.caption.stage import run_caption
-
-    params = load_params("caption", a.params) if Path(a.params).exists() else {}
-    for key, value in (("model", a.model), ("backend", a.backend), ("batch_size", a.batch_size)):
-        if value is not None:
-            params[key] = value
-    try:
-        table = pl.read_parquet(a.table)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        print(f"vlp caption run: {a.table}: cannot read table ({exc})", file=sys.stderr)
-        return 1
-    paths = stage_paths(a.out)
-    result, metrics = run_caption(table, params, paths["captions"], paths["parts"], paths["metrics"], a.edits)
+    lay = layout(args)
+    run(stage_params(args), lay)
+    result = schemas.read_table(lay.captions, "captions")
     with pl.Config(tbl_rows=50, fmt_str_lengths=80, tbl_width_chars=160):
         print(result.select("clip_id", "kind", "source", "status", "caption"))
-    logging.getLogger("caption").info("wrote %s", paths["captions"])
+    print(f"wrote {lay.captions}")
     return 0
 
 
-SUBCOMMANDS = {"run": run_main, "edit": edit_main}
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        print("usage: vlp caption {run,edit} ...\n\n"
-              "  run TABLE --out DIR     caption the clips of a clips/dataset table outside DVC\n"
-              "  edit CLIP_ID TEXT       set the human caption of a clip (data/captions_edits.csv)",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return SUBCOMMANDS[argv[0]](argv[1:])
+def register(sub) -> None:
+    p = sub.add_parser("caption", help="caption the kept clips with a VLM (the caption stage); 'edit' sets a human caption",
+                       description="Caption the kept clips of DIR/dataset.parquet with the VLM the caption params name "
+                                   "(the caption stage): DIR/captions.parquet, DIR/captions.parts/, "
+                                   "DIR/metrics/caption.json; e.g. vlp caption -S caption.model=Qwen/Qwen2.5-VL-3B-Instruct. "
+                                   "'vlp caption edit CLIP_ID TEXT' sets a human caption instead.")
+    add_stage_options(p, "folder holding dataset.parquet (default data)")
+    p.set_defaults(run=caption)
+    cs = p.add_subparsers(dest="caption_command", metavar="edit")
+    e = cs.add_parser("edit", help="set (or with an empty TEXT, remove) the human caption of a clip",
+                      description="Set (or with an empty TEXT, remove) the human caption of a clip. It wins over the VLM "
+                                  "on every run. CLIP_ID is a kept clip's id (DATA/dataset.parquet) or a unique prefix of "
+                                  "it (4+ characters).")
+    e.add_argument("clip_id")
+    e.add_argument("text")
+    e.add_argument("--edits", default=None, help="edits CSV (default DATA/captions_edits.csv)")
+    e.add_argument("--data", default="data", help="folder holding dataset.parquet, the kept clips (default data)")
+    e.set_defaults(run=edit)

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.fsutil import write_text_atomic
+from pipeline.core.fs import write_text_atomic
 
 HEADER = ["clip_id", "caption"]
 

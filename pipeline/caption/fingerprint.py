@@ -1,7 +1,9 @@
 """Which model wrote a caption: hub id or local path plus a fingerprint of its config and weights.
 
-Hashing 15 GB of weights on every run would cost minutes, so file hashes are memoised
-(``pipeline.fingerprint.FileHashMemo``, keyed by absolute path, size and mtime) in
+The fingerprint is ``pipeline.core.fingerprint.folder_fingerprint`` (the one the encode stage
+takes of its models): config, weight and processor files (tokenizer, chat template,
+image/video preprocessing). Hashing 15 GB of weights on every run would cost minutes, so file
+hashes are memoised (``FileHashMemo``, keyed by absolute path, size and mtime) in
 ``$VLP_CACHE_DIR`` or ``~/.cache/vlp``: only a file that changed is hashed again.
 """
 
@@ -11,15 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.fingerprint import FileHashMemo
-from pipeline.fsutil import sha256_json
+from pipeline.core.fingerprint import FileHashMemo, folder_fingerprint
 
 log = logging.getLogger("caption")
-
-# Files that decide what the model outputs: config, weights, and the processor (tokenizer,
-# chat template, image/video preprocessing).
-FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt", ".tiktoken")
-SKIP_NAMES = {"README.md", ".gitattributes"}
 
 
 def default_hash_memo() -> Path:
@@ -45,19 +41,9 @@ def resolve_model_dir(model: str) -> Path:
 
 
 def model_dir_fingerprint(model_dir: str | os.PathLike, memo: FileHashMemo | None = None) -> str:
-    """sha256 over the (relative name, sha256) of every config, weight and processor file."""
-    model_dir = Path(model_dir)
-    memo = memo or FileHashMemo(default_hash_memo())
-    files = sorted(
-        p for p in model_dir.rglob("*")
-        if p.is_file() and p.suffix in FINGERPRINT_SUFFIXES and p.name not in SKIP_NAMES
-        and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
-    )
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise FileNotFoundError(f"{model_dir}: no weight files (*.safetensors / *.bin)")
-    entries = [[p.relative_to(model_dir).as_posix(), memo.sha256(p)] for p in files]
-    memo.save()
-    return sha256_json(entries)
+    """``folder_fingerprint`` of a model folder (it must hold weights), file hashes memoised in
+    ``default_hash_memo()`` unless ``memo`` is given."""
+    return folder_fingerprint(model_dir, memo or FileHashMemo(default_hash_memo()), require_weights=True)
 
 
 def model_label(name: str, fingerprint: str) -> str:

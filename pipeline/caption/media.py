@@ -2,7 +2,8 @@
 
 The sampling is ours and explicit (the same for every backend): frame times 0, 1/fps, 2/fps ...
 within the clip, evenly thinned to at most ``max_frames``, each frame resized to at most
-``max_pixels`` pixels with its aspect ratio kept.
+``max_pixels`` pixels with its aspect ratio kept. Frames and photos are read with
+``pipeline.core.media``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from PIL import Image
+
+from pipeline.core import media
 
 
 class MediaError(RuntimeError):
@@ -56,40 +59,31 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """(w, h) no larger than ``max_pixels`` in area, aspect ratio kept, both even and >= 2."""
     if max_pixels and width * height > max_pixels:
         s = math.sqrt(max_pixels / (width * height))
-        width, height = width * s, height * s
+        w, h = width * s, height * s
+        return max(2, int(w) // 2 * 2), max(2, int(h) // 2 * 2)
     return max(2, int(width) // 2 * 2), max(2, int(height) // 2 * 2)
 
 
 def read_frames(path: str | os.PathLike, indices: list[int], max_pixels: int) -> np.ndarray:
-    """Decode the frames at ``indices`` as RGB uint8, shape (T, H, W, 3), downscaled to ``max_pixels``.
+    """Decode the frames at ``indices`` as RGB uint8, shape (T, H, W, 3), downscaled to ``max_pixels``
+    (while decoding).
 
     Indices past the end of a clip that turns out shorter are dropped; no frame at all is an error.
     """
-    wanted = set(indices)
-    last = max(indices) if indices else -1
-    frames: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    w, h = fit_size(frame.width, frame.height, max_pixels)
-                    frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                if i >= last:
-                    break
-    except (av.error.FFmpegError, IndexError, OSError) as exc:
+        info = media.video_info(path)
+        kept = [i for i in indices if i < info.n_frames]
+        if not kept:
+            raise MediaError(f"{path}: no decodable frame")
+        return media.read_frames(path, kept, size=fit_size(info.width, info.height, max_pixels))
+    except (av.error.FFmpegError, media.MediaReadError, IndexError, OSError) as exc:
         raise MediaError(f"{path}: cannot decode video ({exc})") from exc
-    if not frames:
-        raise MediaError(f"{path}: no decodable frame")
-    return np.stack(frames)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     """An RGB photo (clips of kind image are upright PNGs), downscaled to ``max_pixels``."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        im = Image.fromarray(media.read_image(path))
     except (OSError, ValueError) as exc:
         raise MediaError(f"{path}: cannot read image ({exc})") from exc
     w, h = fit_size(im.width, im.height, max_pixels)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import schemas
+from pipeline.core import schemas
 
 log = logging.getLogger("caption")
 

@@ -1,0 +1,1 @@
+"""Shared by every stage: table schemas, params and settings, paths, logging, errors, devices, fingerprints, the frame reader."""

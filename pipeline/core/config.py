@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ParamsError(ValueError):
@@ -82,7 +85,7 @@ def _as_type(value: Any, hint: Any, key: str) -> Any:
         if value in args:
             return value
         raise fail(key, value, "must be one of " + ", ".join(map(str, args)))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise fail(key, value, "must be a mapping of its own keys")
         return load_settings(hint, value, key)

@@ -4,28 +4,24 @@ Wan 2.1 I2V conditions its transformer on a CLIP vision embedding of the first f
 ``WanImageToVideoPipeline.encode_image`` runs ``image_processor`` then ``image_encoder`` with
 ``output_hidden_states=True`` and takes the penultimate hidden states. Real profiles load the
 ``image_encoder`` (``CLIPVisionModel``) and ``image_processor`` (``CLIPImageProcessor``)
-subfolders of the profile's repo. Tiny profiles build a 2-layer ``CLIPVisionModel`` (hidden
-size 32, 32 px images, 8 px patches: 17 tokens) with seeded random weights, and a
-``CLIPImageProcessor`` for its size that is saved to a folder and loaded back with
-``from_pretrained`` (the same path as real weights).
+subfolders of the profile's repo. Tiny profiles take theirs from ``pipeline.models.tiny.clip``
+(a 2-layer ``CLIPVisionModel`` with seeded random weights, and a processor saved to a folder
+and loaded back with ``from_pretrained``, the same path as real weights).
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPImageProcessor, CLIPVisionModel
 
-from pipeline.fingerprint import FileHashMemo, folder_fingerprint, state_dict_fingerprint
+from pipeline.core.fingerprint import FileHashMemo, folder_fingerprint
 from pipeline.models.locate import model_folder
-from pipeline.profiles import Profile
+from pipeline.models.profiles import Profile
+from pipeline.models.tiny.clip import build_tiny_image_encoder, tiny_image_encoder_fingerprint, tiny_image_processor_folder
 
-TINY_SEED = 0
-TINY_IMAGE_SIZE = 32
 HIDDEN_STATE = -2  # which hidden state is the embedding (as WanImageToVideoPipeline.encode_image)
 
 # Image processor settings that determine its output (what the image key records).
@@ -33,27 +29,6 @@ PROCESSOR_FIELDS = (
     "do_convert_rgb", "do_resize", "size", "resample", "do_center_crop", "crop_size",
     "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
 )
-
-
-def tiny_image_encoder_config() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        image_size=TINY_IMAGE_SIZE, patch_size=8, projection_dim=32,
-    )
-
-
-def build_tiny_image_encoder() -> CLIPVisionModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return CLIPVisionModel(tiny_image_encoder_config())
-
-
-def save_tiny_image_processor(folder: str | Path) -> Path:
-    """Write the tiny model's ``CLIPImageProcessor`` (CLIP's mean/std, resized and cropped to 32 px)."""
-    CLIPImageProcessor(
-        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-    ).save_pretrained(str(folder))
-    return Path(folder)
 
 
 def _check(profile: Profile) -> None:
@@ -64,8 +39,8 @@ def _check(profile: Profile) -> None:
 def load_image_processor(profile: Profile) -> CLIPImageProcessor:
     _check(profile)
     if profile.is_tiny:
-        with tempfile.TemporaryDirectory(prefix="vlp-tiny-image-processor-") as d:
-            return CLIPImageProcessor.from_pretrained(str(save_tiny_image_processor(d)))
+        with tiny_image_processor_folder() as folder:
+            return CLIPImageProcessor.from_pretrained(str(folder))
     return CLIPImageProcessor.from_pretrained(str(model_folder(profile, "image_processor")))
 
 
@@ -91,16 +66,11 @@ def processor_config(processor: CLIPImageProcessor) -> dict:
 def image_encoder_fingerprint(profile: Profile, memo: FileHashMemo | None = None) -> str:
     """sha256 of the image processor's config files + the vision encoder's weights."""
     _check(profile)
-    h = hashlib.sha256()
     if profile.is_tiny:
-        with tempfile.TemporaryDirectory(prefix="vlp-tiny-image-processor-") as d:
-            h.update(folder_fingerprint(save_tiny_image_processor(d)).encode())
-        h.update(state_dict_fingerprint(
-            build_tiny_image_encoder(), {"seed": TINY_SEED, **tiny_image_encoder_config().to_dict()}
-        ).encode())
-    else:
-        h.update(folder_fingerprint(model_folder(profile, "image_processor"), memo).encode())
-        h.update(folder_fingerprint(model_folder(profile, "image_encoder"), memo).encode())
+        return tiny_image_encoder_fingerprint()
+    h = hashlib.sha256()
+    h.update(folder_fingerprint(model_folder(profile, "image_processor"), memo).encode())
+    h.update(folder_fingerprint(model_folder(profile, "image_encoder"), memo).encode())
     return h.hexdigest()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.profiles import Profile
+from pipeline.models.profiles import Profile
 
 
 def model_folder(profile: Profile, subfolder: str) -> Path:

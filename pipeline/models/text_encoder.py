@@ -1,75 +1,29 @@
 """The UMT5 text encoder and its tokenizer: loading, fingerprint, and prompt embeddings.
 
 Real profiles load the ``tokenizer`` and ``text_encoder`` subfolders of the profile's repo.
-The tiny profile builds a byte-level BPE tokenizer (no merges; T5-style ``</s>`` appended)
-with the ``tokenizers`` library, saves it to a folder and loads it back with
-``AutoTokenizer.from_pretrained`` (the same path as real weights), and a 2-layer
-``UMT5EncoderModel`` with ``d_model`` = the profile's text_dim and seeded random weights.
+Tiny profiles take theirs from ``pipeline.models.tiny.umt5``: the tokenizer is written to a
+folder and loaded back with ``AutoTokenizer.from_pretrained`` (the same path as real weights);
+the encoder is a 2-layer ``UMT5EncoderModel`` with seeded random weights, checked, frozen and
+cast like real weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from pipeline.fingerprint import FileHashMemo, folder_fingerprint, state_dict_fingerprint
+from pipeline.core.fingerprint import FileHashMemo, folder_fingerprint
 from pipeline.models.locate import model_folder
-from pipeline.profiles import Profile
-
-TINY_SEED = 0
-TINY_SPECIALS = ["<pad>", "</s>", "<unk>"]
-
-
-def _tiny_tokenizer_object():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return tok
-
-
-def save_tiny_tokenizer(folder: str | Path, profile: Profile) -> Path:
-    """Write the tiny tokenizer (``tokenizer.json`` + config) to ``folder``."""
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=_tiny_tokenizer_object(), pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=profile.max_text_tokens,
-    )
-    fast.save_pretrained(str(folder))
-    return Path(folder)
-
-
-def tiny_text_config(profile: Profile) -> UMT5Config:
-    vocab = len(TINY_SPECIALS) + 256
-    return UMT5Config(
-        vocab_size=vocab, d_model=profile.text_dim, d_kv=8, d_ff=2 * profile.text_dim, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
-        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-    )
-
-
-def build_tiny_encoder(profile: Profile) -> UMT5EncoderModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return UMT5EncoderModel(tiny_text_config(profile))
+from pipeline.models.profiles import Profile
+from pipeline.models.tiny.umt5 import build_tiny_encoder, tiny_text_fingerprint, tiny_tokenizer_folder
 
 
 def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
     if profile.is_tiny:
-        with tempfile.TemporaryDirectory(prefix="vlp-tiny-tokenizer-") as d:
-            return AutoTokenizer.from_pretrained(str(save_tiny_tokenizer(d, profile)))
+        with tiny_tokenizer_folder(profile) as folder:
+            return AutoTokenizer.from_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(model_folder(profile, "tokenizer")))
 
 
@@ -90,14 +44,11 @@ def load_text_encoder(
 
 def text_fingerprint(profile: Profile, memo: FileHashMemo | None = None) -> str:
     """sha256 of tokenizer files + text encoder weights."""
-    h = hashlib.sha256()
     if profile.is_tiny:
-        with tempfile.TemporaryDirectory(prefix="vlp-tiny-tokenizer-") as d:
-            h.update(folder_fingerprint(save_tiny_tokenizer(d, profile)).encode())
-        h.update(state_dict_fingerprint(build_tiny_encoder(profile), {"seed": TINY_SEED, **tiny_text_config(profile).to_dict()}).encode())
-    else:
-        h.update(folder_fingerprint(model_folder(profile, "tokenizer"), memo).encode())
-        h.update(folder_fingerprint(model_folder(profile, "text_encoder"), memo).encode())
+        return tiny_text_fingerprint(profile)
+    h = hashlib.sha256()
+    h.update(folder_fingerprint(model_folder(profile, "tokenizer"), memo).encode())
+    h.update(folder_fingerprint(model_folder(profile, "text_encoder"), memo).encode())
     return h.hexdigest()
 
 

@@ -1,20 +1,13 @@
-"""The Wan denoising transformer (``WanTransformer3DModel``): loading real weights or building a
-model of a given size with seeded random weights, for every model family.
+"""The Wan denoising transformer (``WanTransformer3DModel``): loading real weights, the family's
+shapes, and models of a given size with random weights (for benchmarks and estimates).
 
 Real profiles load the ``transformer`` subfolder of the profile's diffusers repo (or local
 folder); the low-noise expert of Wan 2.2 A14B is ``transformer_2``. Tiny profiles build a
-2-layer model from a config (same architecture: 3D patch embedding, RoPE, self- and
-cross-attention, FFN) of the family's shape, with seeded random weights, so it is the same
-model in every process:
+2-layer model of the family's shape with seeded random weights (``pipeline.models.tiny.transformer``),
+checked and frozen like loaded weights.
 
-- ``in_channels``: the latent channels (16; 48 for Wan 2.2 TI2V-5B), for image-to-video plus
-  the frame mask and the conditioning latents (16 + 4 + 16 = 36);
-- Wan 2.1 I2V: ``image_dim`` (the CLIP width; the tiny CLIP's 32) and ``added_kv_proj_dim``
-  (the model width): the image embedder and every block's image key/value projections;
-- Wan 2.2 A14B: two experts, each with its own seed.
-
-``WAN21_SIZES`` holds the real shapes, so benchmarks and estimates can build a random-weight
-model at 1.3B, 5B or 14B size without downloading anything.
+``WAN21_SIZES`` holds the real shapes (and the tiny one), so benchmarks and estimates can build
+a random-weight model at 1.3B, 5B or 14B size without downloading anything.
 """
 
 from __future__ import annotations
@@ -23,9 +16,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from pipeline.models.locate import model_folder
-from pipeline.profiles import Profile
-
-TINY_SEED = 0
+from pipeline.models.profiles import Profile
 
 # Shared by every Wan 2.1 T2V transformer (diffusers config keys).
 WAN21_COMMON = {
@@ -45,11 +36,6 @@ WAN21_SIZES: dict[str, dict] = {
     "5b": {"num_attention_heads": 24, "attention_head_dim": 128, "ffn_dim": 14336, "num_layers": 30},
     "tiny": {"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "num_layers": 2},
 }
-
-# Hidden size of the tiny CLIP vision model (pipeline.models.image_encoder): the tiny Wan 2.1 I2V
-# transformer's ``image_dim``. The real CLIP ViT-H/14 gives 1280.
-TINY_IMAGE_DIM = 32
-
 
 def transformer_in_channels(profile: Profile) -> int:
     """Channels the family's transformer takes: the latents, plus for image-to-video the frame
@@ -83,32 +69,6 @@ def transformer_config(size: str, latent_channels: int = 16, text_dim: int = 409
     return config
 
 
-def tiny_transformer_config(profile: Profile) -> dict:
-    """The tiny stand-in of the profile's family: the real family's channels and conditioning
-    inputs (I2V: 36 input channels, Wan 2.1 I2V also the image embedder; TI2V: 48 channels), tiny width."""
-    return transformer_config("tiny", profile.latent_channels, profile.text_dim, transformer_in_channels(profile),
-                              TINY_IMAGE_DIM if profile.image_encoder else None)
-
-
-def expert_seed(profile: Profile, expert: str) -> int:
-    """Seed of a tiny expert's random weights: each expert of a two-expert family is its own model."""
-    return TINY_SEED + list(profile.experts).index(expert)
-
-
-def build_transformer(config: dict, seed: int = TINY_SEED, dtype: torch.dtype = torch.float32,
-                      device: str | torch.device = "cpu") -> WanTransformer3DModel:
-    """A model with seeded random weights (built in float32 on the CPU, then cast and moved; the
-    modules diffusers keeps in float32 stay float32), so the same seed gives the same weights
-    everywhere. At real sizes on a GPU use ``build_on_device``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = WanTransformer3DModel(**config)
-    torch.nn.Module.to(model, device=device, dtype=dtype)  # ModelMixin.to warns about the float32 modules
-    if dtype != torch.float32:  # as from_pretrained(torch_dtype=...) does
-        _keep_fp32_modules(model)
-    return model
-
-
 def _keep_fp32_modules(model: WanTransformer3DModel) -> None:
     """Put the modules diffusers keeps in float32 (time embedding, modulation tables, norms) back
     in float32, as ``from_pretrained(torch_dtype=...)`` leaves them."""
@@ -137,6 +97,8 @@ def profile_transformer_config(profile: Profile, expert: str = "transformer") ->
     """The config of the profile's transformer without loading weights: the tiny stand-in's, or
     the ``config.json`` of the weights' folder."""
     if profile.is_tiny:
+        from pipeline.models.tiny.transformer import tiny_transformer_config  # here: it imports this module
+
         return tiny_transformer_config(profile)
     config = dict(WanTransformer3DModel.load_config(str(model_folder(profile, expert))))
     known = set(WanTransformer3DModel.extract_init_dict(config)[0])
@@ -156,6 +118,8 @@ def load_transformer(profile: Profile, dtype: torch.dtype = torch.bfloat16,
     if expert not in profile.experts:
         raise ValueError(f"{profile.name}: no '{expert}' model (the family has {list(profile.experts)})")
     if profile.is_tiny:
+        from pipeline.models.tiny.transformer import build_transformer, expert_seed, tiny_transformer_config  # as above
+
         model = build_transformer(tiny_transformer_config(profile), expert_seed(profile, expert), dtype, device)
     else:
         folder = model_folder(profile, expert)

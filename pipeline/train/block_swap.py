@@ -196,8 +196,9 @@ class BlockSwap:
         s = self._free_slot()
         if s is None:
             raise RuntimeError(f"block swap: no free slot for block {j} (resident: {sorted(self.resident)})")
-        if self.occupant[s] is not None:
-            del self.slot_of[self.occupant[s]]
+        previous = self.occupant[s]
+        if previous is not None:
+            del self.slot_of[previous]
         block = self.info[j]
         self.ready[s] = self.mover.upload(self.slot_buffers[s][: block.nbytes], block.host, after=self.free_after[s])
         self.occupant[s], self.slot_of[j] = j, s

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.fsutil import sha256_file, write_json
+from pipeline.core.errors import one_line
+from pipeline.core.fs import sha256_file, write_json
 
 log = logging.getLogger("train")
 
@@ -44,11 +45,6 @@ STATE_KEYS = {"step": int, "fingerprint": str, "optimizer": dict, "scheduler": d
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed; the message is one line naming its folder and why."""
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _damaged(path: Path, why: str) -> CheckpointError:
@@ -133,7 +129,7 @@ def read_state(path: Path) -> dict:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise _damaged(path, f"state.json: {_one_line(e)}") from None
+        raise _damaged(path, f"state.json: {one_line(e)}") from None
     if not isinstance(state, dict):
         raise _damaged(path, "state.json is not a JSON object")
     for key, kind in STATE_KEYS.items():
@@ -158,7 +154,7 @@ def read_tensors(path: Path, state: dict) -> dict[str, dict[str, torch.Tensor]]:
         except CheckpointError:
             raise
         except Exception as e:  # safetensors raises several types for a damaged file
-            raise _damaged(path, f"{name}: {_one_line(e)}") from None
+            raise _damaged(path, f"{name}: {one_line(e)}") from None
     return out
 
 
@@ -267,7 +263,7 @@ def restore(ckpt: dict, params: dict[str, torch.nn.Parameter], optimizer: torch.
     except CheckpointError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # a damaged structure in state.json
-        raise _damaged(path, f"optimizer state: {_one_line(e)}") from None
+        raise _damaged(path, f"optimizer state: {one_line(e)}") from None
     _check_rng(path, tensors)
     if set(state["scheduler"]) != set(scheduler.state_dict()):
         raise _damaged(path, "scheduler state does not match the run's scheduler")
@@ -278,7 +274,7 @@ def restore(ckpt: dict, params: dict[str, torch.nn.Parameter], optimizer: torch.
     except Exception as e:  # torch raises several types for a state it cannot take
         optimizer.load_state_dict(opt_before)
         scheduler.load_state_dict(sched_before)
-        raise _damaged(path, f"optimizer or scheduler state: {_one_line(e)}") from None
+        raise _damaged(path, f"optimizer or scheduler state: {one_line(e)}") from None
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(ckpt["params"][name].to(p.device, p.dtype))

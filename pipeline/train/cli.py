@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
-from pipeline.params import load_params
-from pipeline.profiles import get_profile
+from pipeline.core.cli import CommandError, add_stage_options, layout, stage_params
+from pipeline.models.profiles import get_profile
 
 # profile -> transformer size (WAN21_SIZES); "1.3b" / "14b" are short for the Wan 2.1 T2V profiles
 SIZES = {"tiny": "tiny", "wan2.1-t2v-1.3b": "1.3b", "wan2.1-t2v-14b": "14b", "1.3b": "1.3b", "14b": "14b",
@@ -17,36 +15,15 @@ ALIASES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
 CLIP_DIM = 1280  # Wan 2.1 I2V's CLIP ViT-H/14 width
 
 
-def train_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="vlp train", description="Train a Wan LoRA from encoded.parquet and the cache "
-                                 "(the train stage): writes LORA_DIR/<train.run_name>/.")
-    ap.add_argument("--params", default="params.yaml", help="params file with the model and train groups (default params.yaml)")
-    ap.add_argument("--data", default="data", help="folder holding encoded.parquet, clips.parquet, captions.parquet (default data)")
-    ap.add_argument("--lora-dir", default=None, help="output folder (default DATA/lora)")
-    ap.add_argument("--cache", default=None, help="cache store (default train.cache_dir, else encode.cache_dir)")
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="train.KEY=VALUE",
-                    help="override a param, as `dvc exp run -S` does (value parsed as YAML)")
-    args = ap.parse_args(argv)
-    model, train = load_params("model", args.params), load_params("train", args.params)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        group, _, name = key.partition(".")
-        if group not in ("model", "train") or not name:
-            ap.error(f"--set {item}: expected model.KEY=VALUE or train.KEY=VALUE")
-        (model if group == "model" else train)[name] = yaml.safe_load(value)
-    cache = args.cache or train.get("cache_dir") or load_params(None, args.params).get("encode", {}).get("cache_dir")
-    from pipeline.train.run import run_from_params
+def train(args) -> int:
+    from pipeline.train.stage import run, summary_table
 
-    metrics = run_from_params(model, train, cache_dir=cache, data_dir=args.data, lora_dir=args.lora_dir)
-    print(yaml.safe_dump(metrics, sort_keys=False).rstrip())
+    metrics = run(stage_params(args), layout(args))
+    print(summary_table(metrics))
     return 0
 
 
-def estimate_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="vlp train-estimate", description="Estimate peak GPU memory and time per step "
-                                 "of LoRA training for a model and clip shape (calibrated on an H200), and the memory "
-                                 "plan (block swap, activation offload, FFN chunks) the train stage picks for each "
-                                 "budget or card.")
+def add_estimate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", default="wan2.1-t2v-1.3b", choices=sorted(SIZES), help="model (default wan2.1-t2v-1.3b)")
     ap.add_argument("--frames", type=int, default=81, help="pixel frames, 4n+1 (default 81)")
     ap.add_argument("--height", type=int, default=480)
@@ -61,7 +38,9 @@ def estimate_main(argv: list[str]) -> int:
     ap.add_argument("--budget", action="append", default=[], metavar="GIB|CARD",
                     help="a memory budget in GiB (e.g. 24) or a card name (e.g. 'RTX 4090': its memory less "
                          f"{CARD_RESERVED_GIB} GiB, its speed and host link); repeat for several (default 32, 24, 16, 12)")
-    args = ap.parse_args(argv)
+
+
+def estimate(args) -> int:
 
     from pipeline.train.estimate import ModelSize, estimate_step, video_tokens
 
@@ -99,7 +78,7 @@ def budget_table(size, tokens: int, budgets: list[str], gpu: str | None, common:
         except ValueError:
             spec = gpu_spec(item)
             if spec.memory_gib is None:
-                raise SystemExit(f"vlp train-estimate: --budget {item!r}: not a number of GiB nor a known card") from None
+                raise CommandError(f"--budget {item!r}: not a number of GiB nor a known card") from None
             budget, card = spec.memory_gib - CARD_RESERVED_GIB, item
             label = f"{item} ({budget:g} GiB)"
         try:
@@ -120,7 +99,8 @@ def _meta_model(name: str, prof, rank: int):
     from diffusers import WanTransformer3DModel
     from peft import LoraConfig
 
-    from pipeline.models.transformer import TINY_IMAGE_DIM, transformer_config, transformer_in_channels
+    from pipeline.models.tiny.transformer import TINY_IMAGE_DIM
+    from pipeline.models.transformer import transformer_config, transformer_in_channels
     from pipeline.train.lora import DEFAULT_TARGETS, target_regex
 
     image_dim = (TINY_IMAGE_DIM if prof.is_tiny else CLIP_DIM) if prof.image_encoder else None
@@ -129,3 +109,17 @@ def _meta_model(name: str, prof, rank: int):
                                                            transformer_in_channels(prof), image_dim))
     model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=target_regex(DEFAULT_TARGETS)))
     return model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a Wan LoRA from the cache alone: DIR/lora/<run>/ (the train stage)",
+                       description="Train a Wan LoRA from DIR/encoded.parquet and the cache alone (the train stage): "
+                                   "writes DIR/lora/<train.run_name>/; e.g. vlp train -S train.rank=16 -S train.steps=400.")
+    add_stage_options(p, "folder holding encoded.parquet, clips.parquet, captions.parquet (default data)")
+    p.set_defaults(run=train)
+    p = sub.add_parser("train-estimate", help="peak GPU memory, s/step and the memory plan for a model and clip shape",
+                       description="Estimate peak GPU memory and time per step of LoRA training for a model and clip "
+                                   "shape (calibrated on an H200), and the memory plan (block swap, activation offload, "
+                                   "FFN chunks) the train stage picks for each budget or card.")
+    add_estimate_arguments(p)
+    p.set_defaults(run=estimate)

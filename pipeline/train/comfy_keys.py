@@ -48,11 +48,6 @@ TOP_MODULES = {
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _KEY = re.compile(r"^(?:transformer\.)?(.+)\.(lora_A|lora_B)\.weight$")
 
-# What a ComfyUI key of a block looks like (used by the tests and `vlp audit`).
-COMFY_BLOCK_KEY = re.compile(
-    r"^diffusion_model\.blocks\.\d+\.(self_attn\.(q|k|v|o)|cross_attn\.(q|k|v|o|k_img|v_img)|ffn\.(0|2))"
-    r"\.(lora_A\.weight|lora_B\.weight|alpha)$"
-)
 
 
 def comfy_module_name(module: str) -> str:

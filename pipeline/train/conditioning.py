@@ -38,7 +38,8 @@ class TrainInputs:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainInputs:
         move = lambda x: None if x is None else x.to(device, non_blocking=non_blocking)  # noqa: E731
-        return TrainInputs(move(self.latents), move(self.text), move(self.cond), move(self.image))
+        return TrainInputs(self.latents.to(device, non_blocking=non_blocking), self.text.to(device, non_blocking=non_blocking),
+                           move(self.cond), move(self.image))
 
 
 def first_frame_mask(batch: int, latent_frames: int, height: int, width: int, scale_temporal: int = 4,

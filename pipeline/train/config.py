@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from pipeline.core.config import ParamsError, load_settings
 from pipeline.train.lora import DEFAULT_TARGETS
 from pipeline.train.timesteps import TimestepSampler
 
@@ -12,7 +13,7 @@ from pipeline.train.timesteps import TimestepSampler
 # (``expert`` picks which experts train; each expert's checkpoints are its own.)
 # The memory plan is bookkeeping too: swap and offload give bitwise the same LoRA, FFN chunks the
 # same up to float rounding, so a run may resume on another card with another plan.
-BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
+BOOKKEEPING = {"run_name", "cache_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
                "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert",
                "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib", "verify_cache"}
 
@@ -20,6 +21,7 @@ BOOKKEEPING = {"run_name", "checkpoint_every", "keep_checkpoints", "eval_every",
 @dataclass
 class TrainConfig:
     run_name: str = "default"
+    cache_dir: str | None = None  # the cache store to read; None: encode.cache_dir
     # LoRA
     rank: int = 32
     alpha: float = 32.0
@@ -73,44 +75,45 @@ class TrainConfig:
     progress: bool = True
 
     @classmethod
-    def from_params(cls, p: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(p) - known)
-        if unknown:
-            raise ValueError(f"params.yaml train: unknown key(s) {unknown}")
-        cfg = cls(**{k: v for k, v in p.items() if v is not None or k == "image_batch_fraction"})
-        cfg.validate()
-        return cfg
+    def from_params(cls, p: dict | None) -> TrainConfig:
+        """From the ``train`` group; a null value keeps the default (``image_batch_fraction: null`` is its default)."""
+        return load_settings(cls, {k: v for k, v in (p or {}).items() if v is not None}, "train")
+
+    def check(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.rank < 1 or self.steps < 1 or self.grad_accum < 1 or self.batch_size < 1:
-            raise ValueError("train: rank, steps, grad_accum and batch_size must be >= 1")
+            raise ParamsError("train: rank, steps, grad_accum and batch_size must be >= 1")
         if self.base_storage not in ("bf16", "fp8", "fp32"):
-            raise ValueError(f"train.base_storage must be bf16, fp8 or fp32, got '{self.base_storage}'")
+            raise ParamsError(f"train.base_storage must be bf16, fp8 or fp32, got '{self.base_storage}'")
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):
-            raise ValueError(f"train.optimizer must be auto, adamw or adamw8bit, got '{self.optimizer}'")
+            raise ParamsError(f"train.optimizer must be auto, adamw or adamw8bit, got '{self.optimizer}'")
         if not 0.0 <= self.held_out_fraction < 1.0:
-            raise ValueError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+            raise ParamsError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.expert not in ("high", "low", "both"):
-            raise ValueError(f"train.expert must be high, low or both, got '{self.expert}'")
+            raise ParamsError(f"train.expert must be high, low or both, got '{self.expert}'")
         if not isinstance(self.verify_cache, bool):
-            raise ValueError(f"train.verify_cache must be true or false, got {self.verify_cache!r}")
+            raise ParamsError(f"train.verify_cache must be true or false, got {self.verify_cache!r}")
         self._validate_memory()
-        self.sampler()  # checks the timestep settings
+        try:
+            self.sampler()  # checks the timestep settings
+        except ValueError as e:
+            raise ParamsError(f"params.yaml train: {e}") from None
 
     def _validate_memory(self) -> None:
         swap, offload, chunks = self.blocks_to_swap, self.offload_activations, self.ffn_chunks
         if swap != "auto" and (isinstance(swap, bool) or not isinstance(swap, int) or swap < 0):
-            raise ValueError(f"train.blocks_to_swap must be auto or a number of blocks >= 0, got {swap!r}")
+            raise ParamsError(f"train.blocks_to_swap must be auto or a number of blocks >= 0, got {swap!r}")
         if offload != "auto" and not isinstance(offload, bool):
-            raise ValueError(f"train.offload_activations must be auto, true or false, got {offload!r}")
+            raise ParamsError(f"train.offload_activations must be auto, true or false, got {offload!r}")
         if chunks != "auto" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
-            raise ValueError(f"train.ffn_chunks must be auto or a number >= 1, got {chunks!r}")
+            raise ParamsError(f"train.ffn_chunks must be auto or a number >= 1, got {chunks!r}")
         budget = self.vram_budget_gib
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
-            raise ValueError(f"train.vram_budget_gib must be null or a number of GiB > 0, got {budget!r}")
-        if not self.gradient_checkpointing and ((swap != "auto" and swap > 0) or offload is True):
-            raise ValueError("train.blocks_to_swap and train.offload_activations need train.gradient_checkpointing: true "
+            raise ParamsError(f"train.vram_budget_gib must be null or a number of GiB > 0, got {budget!r}")
+        if not self.gradient_checkpointing and ((isinstance(swap, int) and swap > 0) or offload is True):
+            raise ParamsError("train.blocks_to_swap and train.offload_activations need train.gradient_checkpointing: true "
                              "(the swapped weights and offloaded inputs are brought back for the recompute)")
 
     def wanted_memory(self):

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
-from pipeline.cache import CacheStore
-from pipeline.compat import check_encoded_for_profile
-from pipeline.profiles import Profile
+from pipeline.cache.store import CacheStore
+from pipeline.models.compat import check_encoded_for_profile
+from pipeline.models.profiles import Profile
 from pipeline.train.conditioning import TrainInputs
 
 log = logging.getLogger("train")
@@ -165,7 +165,8 @@ class BatchPlan:
 
     def iterate(self, start: int = 0) -> Iterator[Batch]:
         """Batches ``start``, ``start + 1``, ... (skipping to ``start`` costs no data loading)."""
-        state = {k: [0, 0, self._epoch(k, 0)] for k in self.kinds}  # epoch, position, batches
+        # epoch, position, batches
+        state: dict[str, tuple[int, int, list[tuple[tuple, list[int]]]]] = {k: (0, 0, self._epoch(k, 0)) for k in self.kinds}
         index = 0
         while True:
             kind = self._pick_kind(index)
@@ -173,14 +174,14 @@ class BatchPlan:
             if pos >= len(batches):
                 epoch, pos = epoch + 1, 0
                 batches = self._epoch(kind, epoch)
-            state[kind] = [epoch, pos + 1, batches]
+            state[kind] = (epoch, pos + 1, batches)
             bucket, rows = batches[pos]
             if index >= start:
                 yield Batch(index, kind, bucket, tuple(rows))
             index += 1
 
     def take(self, n: int, start: int = 0) -> list[Batch]:
-        out = []
+        out: list[Batch] = []
         for b in self.iterate(start):
             if len(out) >= n:
                 break
@@ -266,6 +267,7 @@ class CachedBatches:
         return pad_text(self.store.get(self.text_keys[row])["prompt_embeds"].float(), self.max_text_tokens)
 
     def cond(self, row: int) -> torch.Tensor:
+        assert self.cond_keys is not None  # called only for a family with conditioning latents (load)
         c = self.store.get(self.cond_keys[row])["cond_latents"]
         if tuple(c.shape) != self.latent_shapes[row]:
             raise ValueError(f"{self.store.path(self.cond_keys[row])}: conditioning latents are {list(c.shape)}, "
@@ -273,6 +275,7 @@ class CachedBatches:
         return c.float()
 
     def image(self, row: int) -> torch.Tensor:
+        assert self.image_keys is not None  # called only for a family with image embeddings (load)
         return self.store.get(self.image_keys[row])["image_embeds"].float()
 
     def load(self, rows: tuple[int, ...] | list[int]) -> TrainInputs:

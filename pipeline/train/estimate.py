@@ -22,7 +22,8 @@ computed over token chunks) changes the terms: only ``num_layers - blocks_to_swa
 ``OFFLOAD_IN_FLIGHT`` block inputs on the device instead of one per block; ``ffn_chunks``
 divides the FFN part of the transient, down to a floor (``K_FLOOR``: the attention's own peak),
 and costs one more FFN forward per block (each chunk is checkpointed). These terms are fitted on
-fake-tensor traces of the stage's own step at real sizes (``bench/memory_trace.py``). Copies overlap compute: a swapped block's weights are uploaded while the
+fake-tensor traces of the stage's own step at real sizes (``bench/memory_trace.py``).
+Copies overlap compute: a swapped block's weights are uploaded while the
 previous block computes (forward) or back-propagates (backward: three forward-equivalents);
 only the part of a copy longer than that compute adds time (at the card's host link speed).
 The planner (``planner``) searches these plans.

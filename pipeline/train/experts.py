@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.profiles import Profile
+from pipeline.models.profiles import Profile
 
 CHOICES = ("high", "low", "both")
 

@@ -17,14 +17,18 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from pipeline.fsutil import atomic_path
+from pipeline.core.fs import atomic_path
 from pipeline.train.comfy_keys import BLOCK_MODULES, to_comfy
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
 
 ADAPTER = "default"
 FORMAT_VERSION = "1"
@@ -51,7 +55,7 @@ def target_regex(targets: list[str]) -> str:
     return r"blocks\.\d+\.(" + "|".join(re.escape(t) for t in targets) + ")"
 
 
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str],
+def add_lora(transformer: WanTransformer3DModel, rank: int, alpha: float, dropout: float, targets: list[str],
              seed: int) -> LoraConfig:
     """Add a trainable LoRA adapter (``transformer.add_adapter``), its weights in float32, seeded init."""
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True,

@@ -6,7 +6,7 @@ from collections import Counter
 
 import polars as pl
 
-from pipeline import schemas
+from pipeline.core import schemas
 
 
 def times_seen(plan, n_batches: int, train_rows: list[int], n_samples: int) -> list[int]:

@@ -1,0 +1,1 @@
+"""The content-addressed store of latents and prompt embeddings (safetensors, one file per key) and `vlp cache`."""

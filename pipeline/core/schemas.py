@@ -1,0 +1,288 @@
+"""The parquet tables every stage shares: column names and dtypes, in one place.
+
+Every table a stage writes goes through :func:`write_table`, which checks the frame
+against its schema here (same columns, same order, same dtypes) before writing it
+atomically. Readers use :func:`read_table`, which checks again, so a stale or
+hand-edited table fails loudly with the file and the offending column named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from pipeline.core.fs import SAFE_ID
+
+if TYPE_CHECKING:
+    # a table's columns and their dtypes (a dtype class such as pl.String, or an instance such as pl.List(I64))
+    ColumnTypes = dict[str, pl.DataType | type[pl.DataType]]
+
+Str = pl.String
+I32 = pl.Int32
+I64 = pl.Int64
+F64 = pl.Float64
+Bool = pl.Boolean
+
+# data/sources.parquet — one row per file under data/raw (probe stage).
+SOURCES: ColumnTypes = {
+    "source_id": Str,  # sha256 of the file's bytes
+    "path": Str,  # path relative to the raw folder, forward slashes
+    "kind": Str,  # "video" or "image"
+    "size_bytes": I64,
+    "container": Str,  # demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    "codec": Str,  # video codec name, e.g. "h264"
+    "width": I32,  # coded width (before rotation)
+    "height": I32,
+    "rotation": I32,  # display rotation in degrees clockwise (0, 90, 180, 270)
+    "fps": F64,  # average frame rate
+    "vfr": Bool,  # variable frame rate (frame durations differ)
+    "n_frames": I64,
+    "duration_s": F64,
+    "has_audio": Bool,
+    "status": Str,  # "ok" or "rejected"
+    "reason": Str,  # empty when ok; one line when rejected
+}
+
+# data/clips.parquet — one row per clip cut from a source (split stage).
+CLIPS: ColumnTypes = {
+    "clip_id": Str,  # hash of source_id, span and every param that changes the pixels
+    "source_id": Str,
+    "source_path": Str,  # source path relative to the raw folder
+    "kind": Str,  # "video" or "image"
+    "scene_index": I32,  # index of the detected scene the clip came from
+    "start_frame": I64,  # in source frames, inclusive
+    "end_frame": I64,  # in source frames, exclusive
+    "start_s": F64,
+    "end_s": F64,
+    "n_frames": I64,  # frames in the written clip file
+    "fps": F64,  # frame rate of the written clip
+    "resampled": Bool,  # True when the clip was resampled to split.fps
+    "rotation_applied": I32,  # degrees the source was rotated to make the clip upright
+    "width": I32,  # of the written (upright) clip
+    "height": I32,
+    "path": Str,  # clip file, relative to the repository root / output folder
+    "sha256": Str,  # of the clip file
+    "status": Str,  # "ok", "error" (the clip failed) or "skipped" (the source gave no clip: reason says why)
+    "reason": Str,
+    "note": Str,  # what was done to make an ok clip usable, e.g. "cropped 333x187 -> 332x186 (yuv420p)"
+}
+
+# data/scores.parquet — one row per clip (score stage).
+SCORES: ColumnTypes = {
+    "clip_id": Str,
+    "kind": Str,
+    "duration_s": F64,
+    "width": I32,
+    "height": I32,
+    "n_sampled": I32,  # frames decoded for scoring
+    "motion": F64,  # mean optical-flow magnitude / frame diagonal
+    "static_fraction": F64,  # fraction of near-static frame pairs
+    "sharpness": F64,  # median variance of the Laplacian
+    "luma_mean": F64,  # 0..255
+    "luma_std": F64,
+    "black_fraction": F64,  # fraction of near-black frames
+    "white_fraction": F64,
+    "border_top": F64,  # uniform dark bar height / width, as a fraction of the frame side
+    "border_bottom": F64,
+    "border_left": F64,
+    "border_right": F64,
+    "phash": Str,  # 64-bit perceptual hash of the middle frame, hex
+    "status": Str,  # "ok" or "error"
+    "reason": Str,
+}
+
+# data/dataset.parquet (kept clips) — clips columns + scores columns (filter stage).
+DATASET: ColumnTypes = {
+    **CLIPS,
+    **{k: v for k, v in SCORES.items() if k not in CLIPS and k not in ("status", "reason")},
+}
+
+# data/rejected.parquet — clips that did not pass, with every reason (filter stage).
+REJECTED: ColumnTypes = {
+    **DATASET,
+    "reasons": pl.List(Str),
+}
+
+# data/captions.parquet — one row per kept clip (caption stage).
+CAPTIONS: ColumnTypes = {
+    "clip_id": Str,
+    "kind": Str,  # "video" or "image"
+    "caption": Str,  # final text fed to the text encoder (cleaned, trigger word applied); "" when failed
+    "raw": Str,  # the VLM's answer before clean-up (the edit's text for source "edit")
+    "model": Str,  # hub id or local path + "@" + fingerprint of config/weights ("human" for edits)
+    "prompt_sha256": Str,  # of the prompt sent (video or image prompt); "" for edits
+    "sampling": Str,  # JSON of the frame sampling and generation params; "" for edits
+    "source": Str,  # "vlm" or "edit"
+    "status": Str,  # "ok" or "caption_failed" (failed rows are retried and never trained on)
+    "reason": Str,  # one line when caption_failed
+    "new_tokens": I64,  # tokens the VLM generated for this caption (0 for edits)
+    "created_at": Str,  # ISO 8601 UTC, when the caption (or the edits file) was written
+}
+
+# data/encoded.parquet — one row per training sample (a window of a clip) (encode stage).
+ENCODED: ColumnTypes = {
+    "sample_id": Str,  # clip_id + "#" + window index
+    "clip_id": Str,
+    "kind": Str,  # "video" or "image"
+    "window": I32,  # index of the window within the clip (chunk mode gives several)
+    "frame_indices": pl.List(I64),  # clip frame indices that were encoded
+    "bucket_frames": I32,
+    "bucket_height": I32,
+    "bucket_width": I32,
+    "latent_key": Str,
+    "text_key": Str,
+    "cond_key": Str,  # I2V: first-frame conditioning latents entry; "" when the family needs none
+    "image_key": Str,  # Wan 2.1 I2V: CLIP vision embedding entry of the first frame; "" otherwise
+    "latent_shape": pl.List(I64),  # [C, F, H, W]
+    "text_shape": pl.List(I64),  # [L, D]
+    "dtype": Str,  # "bfloat16" / "float16" / "float32"
+    "family": Str,  # model family, e.g. "wan2.1-t2v"
+    "vae": Str,  # VAE id + fingerprint
+    "text_encoder": Str,  # text encoder id + fingerprint
+    "caption": Str,  # caption text that was encoded
+}
+
+# data/lora/<run>/manifest.parquet — every sample a LoRA was trained on (train stage).
+MANIFEST: ColumnTypes = {
+    "sample_id": Str,
+    "clip_id": Str,
+    "source_id": Str,
+    "source_path": Str,
+    "kind": Str,
+    "start_frame": I64,  # source span of the clip
+    "end_frame": I64,
+    "start_s": F64,
+    "end_s": F64,
+    "frame_indices": pl.List(I64),
+    "caption": Str,
+    "caption_source": Str,
+    "latent_key": Str,
+    "text_key": Str,
+    "bucket_frames": I32,
+    "bucket_height": I32,
+    "bucket_width": I32,
+    "times_seen": I64,  # times in a training batch (summed over the experts of a two-expert run)
+    "held_out": Bool,
+    "family": Str,  # model family the LoRA(s) were trained for, e.g. "wan2.2-t2v-a14b"
+    "expert": Str,  # Wan 2.2 A14B: "high", "low" or "high+low" (both LoRA files); "" for single-expert families
+}
+
+TABLES: dict[str, ColumnTypes] = {
+    "caption_parts": CAPTIONS,  # the caption store's chunks: one row per clip and model / prompt / sampling
+    "sources": SOURCES,
+    "clips": CLIPS,
+    "scores": SCORES,
+    "dataset": DATASET,
+    "rejected": REJECTED,
+    "captions": CAPTIONS,
+    "encoded": ENCODED,
+    "manifest": MANIFEST,
+}
+
+
+# The column that names a row: unique in every table (a duplicate would multiply rows through
+# every join downstream, e.g. one clip trained several times).
+KEYS: dict[str, str] = {
+    "sources": "path",
+    "clips": "clip_id",
+    "scores": "clip_id",
+    "dataset": "clip_id",
+    "rejected": "clip_id",
+    "captions": "clip_id",
+    "encoded": "sample_id",
+    "manifest": "sample_id",
+}
+
+
+class SchemaError(ValueError):
+    """A table does not match its schema."""
+
+
+def empty(name: str) -> pl.DataFrame:
+    """An empty frame with the table's schema."""
+    return pl.DataFrame(schema=TABLES[name])
+
+
+def frame(name: str, rows: list[dict]) -> pl.DataFrame:
+    """Build a table from row dicts; missing columns are an error, extra keys are ignored."""
+    schema = TABLES[name]
+    if not rows:
+        return empty(name)
+    for i, row in enumerate(rows):
+        missing = [c for c in schema if c not in row]
+        if missing:
+            raise SchemaError(f"{name}: row {i} lacks column(s) {missing}")
+    data = {c: [row[c] for row in rows] for c in schema}
+    return pl.DataFrame(data, schema=schema)
+
+
+def conform(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Select the table's columns in order and cast them; missing columns are an error."""
+    schema = TABLES[name]
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{name}: missing column(s) {missing}")
+    return df.select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+def validate(df: pl.DataFrame, name: str, where: str = "") -> pl.DataFrame:
+    """Check that ``df`` has exactly the table's columns, in order, with its dtypes."""
+    schema = TABLES[name]
+    label = f"{where or name}"
+    if list(df.columns) != list(schema):
+        missing = [c for c in schema if c not in df.columns]
+        extra = [c for c in df.columns if c not in schema]
+        raise SchemaError(
+            f"{label}: columns do not match the '{name}' schema"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+            + ("; wrong order" if not missing and not extra else "")
+        )
+    for col, dtype in schema.items():
+        if df.schema[col] != dtype:
+            raise SchemaError(f"{label}: column '{col}' is {df.schema[col]}, schema says {dtype}")
+    check_unique(df, name, label)
+    check_ids(df, label)
+    return df
+
+
+def check_ids(df: pl.DataFrame, where: str) -> None:
+    """Clip ids become file names (thumbnails, exports): every one must be a safe name (``pipeline.core.fs.SAFE_ID``)."""
+    if "clip_id" not in df.columns or df.height == 0:
+        return
+    bad = df.filter(~pl.col("clip_id").str.contains(SAFE_ID.pattern))["clip_id"].unique().to_list()
+    if bad:
+        raise SchemaError(f"{where}: clip id(s) {bad[:3]!r} are not valid ids (letters, digits, '_' and '-' only)")
+
+
+def check_unique(df: pl.DataFrame, name: str, where: str = "") -> None:
+    """Fail loudly when the table's key column (``KEYS``) repeats a value."""
+    key = KEYS.get(name)
+    if key is None or df.height == 0:
+        return
+    dup = df.filter(pl.col(key).is_duplicated())[key].unique().sort().to_list()
+    if dup:
+        shown = ", ".join(map(str, dup[:5])) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+        raise SchemaError(f"{where or name}: key column '{key}' is not unique: {shown} repeated")
+
+
+def write_table(df: pl.DataFrame, path: str | os.PathLike, name: str) -> Path:
+    """Validate ``df`` against schema ``name`` and write it to ``path`` atomically."""
+    from pipeline.core.fs import atomic_path
+
+    path = Path(path)
+    validate(df, name, where=str(path))
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+    return path
+
+
+def read_table(path: str | os.PathLike, name: str) -> pl.DataFrame:
+    """Read a parquet table and check it against schema ``name``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table '{name}' not found (run the stage that writes it)")
+    return validate(pl.read_parquet(path), name, where=str(path))

@@ -1,0 +1,1 @@
+"""The score stage: each clip decoded once into small grey frames, then every scorer on them."""

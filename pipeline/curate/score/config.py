@@ -1,0 +1,35 @@
+"""The score stage's settings (``params.yaml`` group ``score``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.core.config import ParamsError, load_settings, setting
+from pipeline.curate.score.frames import FrameSampling
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    short_side: int = setting(160, min=16)  # short side of the frames every scorer reads
+    sample_fps: float = setting(8.0, above=0)  # frames kept per second of clip
+    max_frames: int = setting(48, min=2)  # at most this many frames per clip, spread evenly
+    flow_short_side: int = setting(64, min=8)  # optical flow runs on frames shrunk to this short side
+    static_pair_motion: float = setting(0.005, min=0)  # a frame pair moving less (diagonals/s) counts as static
+    black_level: int = setting(24, min=0, max=255)  # luma at or below which a pixel is dark (near-black frames, bars)
+    white_level: int = setting(232, min=0, max=255)  # luma at or above which a pixel is bright (near-white frames)
+    pixel_share: float = setting(0.02, min=0, max=1)  # share of pixels allowed to break the black/white/bar rule
+    jobs: int = setting(0, min=0)  # clips in parallel; 0 = all cores
+
+    def check(self) -> None:
+        if self.white_level <= self.black_level:
+            raise ParamsError(f"params.yaml score.white_level: {self.white_level!r} is not allowed: must be above "
+                              f"score.black_level ({self.black_level})")
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any] | None) -> ScoreConfig:
+        return load_settings(cls, p, "score")
+
+    @property
+    def sampling(self) -> FrameSampling:
+        return FrameSampling(short_side=self.short_side, sample_fps=self.sample_fps, max_frames=self.max_frames)

@@ -1,0 +1,1 @@
+"""`vlp export`: kept clips, .txt captions and a dataset TOML for musubi-tuner / diffusion-pipe."""

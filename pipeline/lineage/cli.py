@@ -1,0 +1,164 @@
+"""``vlp audit``: which clips made a LoRA, which LoRAs used a source or a clip, what changed between two."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.core.cli import CommandError, UsageError
+from pipeline.core.fs import sha256_file
+from pipeline.lineage import audit
+
+DESCRIPTION = """\
+vlp audit LORA.safetensors            every clip that fed the LoRA (manifest checked against its sha256)
+vlp audit --source VIDEO_OR_SOURCE_ID every LoRA under --lora-dir that used a clip of that source
+vlp audit --clip CLIP_ID              every LoRA under --lora-dir that used that clip
+vlp audit --diff LORA_A LORA_B        clips added, removed and re-captioned from A to B
+"""
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _print_table(df: pl.DataFrame) -> None:
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=240, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
+        print(df)
+
+
+def _lora_main(args) -> int:
+    run = audit.open_run(args.lora, args.manifest)
+    clips = audit.clip_rows(run.manifest)
+    if args.json:
+        print(json.dumps({
+            "lora": str(run.lora_path), "manifest": str(run.manifest_path), "manifest_sha256": run.manifest_sha256,
+            "verified": run.verified, "family": run.family, "expert": run.expert, "metadata": run.metadata,
+            "clips": clips.to_dicts(),
+            "samples": run.manifest.to_dicts(),
+        }, indent=2, default=str))
+        return 0
+    md = run.metadata
+    print(f"LoRA      {run.lora_path}")
+    expert = f"  expert {run.expert} ({'high-noise: transformer' if run.expert == 'high' else 'low-noise: transformer_2'})" \
+        if run.expert else ""
+    print(f"run       {run.name}  profile {md.get('vlp.profile', '?')}  family {md.get('vlp.family', '?')}{expert}  "
+          f"base {md.get('vlp.base_model', '?')}")
+    print(f"          rank {md.get('vlp.rank', '?')}  alpha {md.get('vlp.alpha', '?')}  steps {md.get('vlp.steps', '?')}  "
+          f"targets {md.get('vlp.targets', '?')}")
+    print(f"manifest  {run.manifest_path}  sha256 {run.manifest_sha256}  OK (matches the LoRA)")
+    n_held = int(clips["held_out"].sum()) if clips.height else 0
+    print(f"clips     {clips.height} ({clips.height - n_held} trained, {n_held} held out), {run.manifest.height} samples")
+    if clips.height == 0:
+        return 0
+    shown = clips.select(
+        pl.col("clip_id").str.slice(0, 12),
+        pl.col("kind"),
+        pl.col("source_path").map_elements(lambda s: _short(s, 40), return_dtype=pl.String).alias("source"),
+        pl.format("{}-{}", "start_frame", "end_frame").alias("frames"),
+        pl.format("{}-{} s", pl.col("start_s").round(2), pl.col("end_s").round(2)).alias("time"),
+        pl.col("caption").map_elements(lambda s: _short(s, 60), return_dtype=pl.String),
+        pl.col("edited"),
+        pl.col("samples"),
+        pl.col("latent_keys").list.eval(pl.element().str.slice(0, 10)).list.join(",").alias("latent_keys"),
+        pl.col("text_keys").list.eval(pl.element().str.slice(0, 10)).list.join(",").alias("text_keys"),
+        pl.col("times_seen"),
+        pl.col("held_out"),
+    )
+    _print_table(shown)
+    print("(ids and keys shortened; --json prints them in full with every caption)")
+    return 0
+
+
+def _usage_main(args, what: str, query: str) -> int:
+    runs, problems = audit.find_runs(args.lora_dir)
+    kind, value = ("clip", query) if what == "clip" else audit.classify_query(query)
+    label = query
+    if kind == "file":
+        value, kind = sha256_file(query), "id"
+        label = f"{query} (source_id {value[:12]})"
+    if what == "clip":
+        hits = [audit.clip_matches(r.manifest, value) for r in runs]
+    else:
+        hits = [audit.source_matches(r.manifest, value, kind) for r in runs]
+    used = audit.usage_rows(runs, hits)
+    if args.json:
+        print(json.dumps({"query": query, "what": what, "lora_dir": str(args.lora_dir), "runs_scanned": len(runs),
+                          "unreadable": problems, "used_by": used}, indent=2))
+        return 0
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    if not used:
+        print(f"no LoRA under {args.lora_dir} used {what} {label} ({len(runs)} runs scanned)")
+        return 0
+    print(f"{len(used)} of {len(runs)} LoRAs under {args.lora_dir} used {what} {label}:")
+    for u in used:
+        flag = "" if u["verified"] else f"  WARNING: {u['problem']}"
+        srcs = ", ".join(s[:12] for s in u["source_ids"])
+        model = f" ({u['family']}{', expert ' + u['expert'] if u['expert'] else ''})" if u["family"] else ""
+        print(f"  {u['lora']}  run {u['run']}{model}: {len(u['clips'])} clips, {u['samples']} samples "
+              f"({u['trained_samples']} trained, seen {u['times_seen']} times), source {srcs}{flag}")
+        for c in u["clips"]:
+            print(f"      clip {c}")
+    return 0
+
+
+def _diff_main(args) -> int:
+    a = audit.open_run(args.diff[0])
+    b = audit.open_run(args.diff[1])
+    d = audit.diff_runs(a.manifest, b.manifest)
+    settings = audit.metadata_diff(a.metadata, b.metadata)
+    if args.json:
+        print(json.dumps({"a": str(a.lora_path), "b": str(b.lora_path), "settings": settings, **d}, indent=2, default=str))
+        return 0
+    print(f"A  {a.lora_path}  ({audit.clip_rows(a.manifest).height} clips)")
+    print(f"B  {b.lora_path}  ({audit.clip_rows(b.manifest).height} clips)")
+    for k, (va, vb) in settings.items():
+        print(f"   {k}: {va} -> {vb}")
+    print(f"added {len(d['added'])}, removed {len(d['removed'])}, re-captioned {len(d['recaptioned'])}, "
+          f"held-out changed {len(d['held_out_changed'])}, unchanged {d['unchanged']}")
+    for r in d["added"]:
+        print(f"  + {r['clip_id']}  {r['source_path']} {r['start_s']:.2f}-{r['end_s']:.2f} s  {_short(r['caption'], 60)}")
+    for r in d["removed"]:
+        print(f"  - {r['clip_id']}  {r['source_path']} {r['start_s']:.2f}-{r['end_s']:.2f} s  {_short(r['caption'], 60)}")
+    for r in d["recaptioned"]:
+        print(f"  ~ {r['clip_id']}  {r['source_path']}")
+        print(f"      A ({r['caption_source_a']}): {_short(r['caption_a'], 100)}")
+        print(f"      B ({r['caption_source_b']}): {_short(r['caption_b'], 100)}")
+    for r in d["held_out_changed"]:
+        print(f"  h {r['clip_id']}  held out {r['held_out_a']} -> {r['held_out_b']}")
+    return 0
+
+
+def run(args) -> int:
+    modes = [bool(args.lora), bool(args.source), bool(args.clip), bool(args.diff)]
+    if sum(modes) != 1:
+        raise UsageError("give exactly one of: LORA, --source, --clip, --diff")
+    try:
+        if args.lora:
+            return _lora_main(args)
+        if args.source:
+            return _usage_main(args, "source", args.source)
+        if args.clip:
+            return _usage_main(args, "clip", args.clip)
+        return _diff_main(args)
+    except audit.AuditError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def register(sub) -> None:
+    ap = sub.add_parser("audit", help="which clips made a LoRA; which LoRAs used a source or clip; diff two LoRAs",
+                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("lora", nargs="?", help="a LoRA file written by the train stage")
+    ap.add_argument("--manifest", help="its manifest.parquet (default: the one beside the LoRA)")
+    ap.add_argument("--source", help="a video/image file (hashed to its source_id), a source_id or prefix, or a source path")
+    ap.add_argument("--clip", help="a clip_id or a prefix of one")
+    ap.add_argument("--diff", nargs=2, metavar=("LORA_A", "LORA_B"), help="compare the clips of two LoRAs")
+    ap.add_argument("--lora-dir", type=Path, default=Path("data/lora"), help="folder scanned by --source/--clip (default data/lora)")
+    ap.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ap.set_defaults(run=run)
