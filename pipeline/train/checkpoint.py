@@ -158,11 +158,15 @@ def read_tensors(path: Path, state: dict) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def candidates(folder: str | Path, fingerprint: str) -> Iterator[dict]:
+def candidates(folder: str | Path, fingerprint: str, max_step: int | None = None) -> Iterator[dict]:
     """Readable checkpoints of this configuration, newest first, each {"state", "params",
-    "optimizer_tensors", "path"}. A damaged one is skipped with a WARNING naming it; at a checkpoint
-    of another configuration the search stops (the run starts over)."""
+    "optimizer_tensors", "path"}. A damaged one is skipped with a WARNING naming it, one after
+    ``max_step`` (the run's ``train.steps`` was lowered) with an INFO line; at a checkpoint of
+    another configuration the search stops (the run starts over)."""
     for path in reversed(list_checkpoints(folder)):
+        if max_step is not None and checkpoint_step(path) > max_step:
+            log.info("%s: after train.steps (%d), not resumed", path, max_step)
+            continue
         try:
             state = read_state(path)
             if state["fingerprint"] != fingerprint:
@@ -173,17 +177,22 @@ def candidates(folder: str | Path, fingerprint: str) -> Iterator[dict]:
             log.warning("%s; trying the previous checkpoint", e)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint folder's name (``step-000040`` -> 40)."""
+    return int(path.name.removeprefix(PREFIX))
+
+
 def load_latest(folder: str | Path, fingerprint: str) -> dict | None:
     """The newest readable checkpoint of this configuration as {"state", "params", "optimizer_tensors", "path"}, or None."""
     return next(candidates(folder, fingerprint), None)
 
 
 def resume(folder: str | Path, fingerprint: str, params: dict[str, torch.nn.Parameter],
-           optimizer: torch.optim.Optimizer, scheduler) -> dict | None:
+           optimizer: torch.optim.Optimizer, scheduler, max_step: int | None = None) -> dict | None:
     """Restore the newest sound checkpoint of this configuration into the run and return it (as
     :func:`load_latest` does), or None. One that fails to load or to match the model is skipped with
     a WARNING naming it, leaving the run untouched, and the one before is tried."""
-    for found in candidates(folder, fingerprint):
+    for found in candidates(folder, fingerprint, max_step):
         try:
             restore(found, params, optimizer, scheduler)
             return found
@@ -203,15 +212,41 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
     return gone
 
 
-def clear(folder: str | Path) -> int:
-    """Remove every checkpoint (and leftover temporary folder) in ``folder``; returns how many."""
+STALE = "stale"  # checkpoints/stale/: checkpoints this run does not resume, kept for the user
+
+
+def set_aside(folder: str | Path, after_step: int = -1, remove: bool = False) -> list[tuple[Path, Path | None]]:
+    """Move every checkpoint of ``folder`` after ``after_step`` (all of them by default) into
+    ``folder/stale/`` (a name that is free: ``step-000040``, ``step-000040.2``...), or delete it
+    with ``remove``, each with a WARNING naming it: a checkpoint this run does not resume (another
+    configuration, damaged, or after the step it resumes from) is never deleted silently, and a
+    later save cannot overwrite it. Returns (old path, new path or None) pairs."""
     folder = Path(folder)
+    moved: list[tuple[Path, Path | None]] = []
+    for path in list_checkpoints(folder) + [p for p in _incomplete(folder)]:
+        if path in _incomplete(folder) or checkpoint_step(path) > after_step:
+            if remove:
+                shutil.rmtree(path, ignore_errors=True)
+                log.warning("%s: not resumed by this run; removed (train.remove_stale_checkpoints)", path)
+                moved.append((path, None))
+                continue
+            (folder / STALE).mkdir(parents=True, exist_ok=True)
+            target, n = folder / STALE / path.name, 1
+            while target.exists():
+                n += 1
+                target = folder / STALE / f"{path.name}.{n}"
+            os.replace(path, target)
+            log.warning("%s: not resumed by this run; kept as %s (delete it by hand, or set "
+                        "train.remove_stale_checkpoints: true)", path, target)
+            moved.append((path, target))
+    return moved
+
+
+def _incomplete(folder: Path) -> list[Path]:
+    """Checkpoint folders without a state.json (a damaged save, not a killed one: those are ``.tmp-``)."""
     if not folder.is_dir():
-        return 0
-    gone = [p for p in folder.iterdir() if p.is_dir() and (p.name.startswith(PREFIX) or p.name.startswith(f".tmp-{PREFIX}"))]
-    for p in gone:
-        shutil.rmtree(p, ignore_errors=True)
-    return len(gone)
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not (p / "state.json").exists())
 
 
 def _check_params(path: Path, saved: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:

@@ -13,7 +13,10 @@ from pipeline.train.timesteps import TimestepSampler
 # (``expert`` picks which experts train; each expert's checkpoints are its own.)
 # The memory plan is bookkeeping too: swap and offload give bitwise the same LoRA, FFN chunks the
 # same up to float rounding, so a run may resume on another card with another plan.
-BOOKKEEPING = {"run_name", "cache_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_timesteps",
+# ``steps`` too: raising it resumes the newest checkpoint and trains on (a schedule that depends on
+# the total is re-derived); lowering it resumes the newest checkpoint at or before it.
+BOOKKEEPING = {"run_name", "cache_dir", "checkpoint_every", "keep_checkpoints", "remove_stale_checkpoints", "steps",
+               "eval_every", "eval_timesteps",
                "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert",
                "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib", "verify_cache"}
 
@@ -70,6 +73,7 @@ class TrainConfig:
     # outputs
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    remove_stale_checkpoints: bool = False  # delete checkpoints this run does not resume (else kept in checkpoints/stale/)
     save_dtype: str = "bfloat16"
     expert: str = "both"  # Wan 2.2 A14B: "high" | "low" | "both" (in turn); ignored by single-expert families
     progress: bool = True
@@ -129,5 +133,5 @@ class TrainConfig:
                                self.min_t if min_t is None else min_t, self.max_t if max_t is None else max_t, max_exclusive)
 
     def training_settings(self) -> dict:
-        """The settings that determine the LoRA (what a resumable checkpoint must match)."""
+        """The settings a resumable checkpoint must match (all but the bookkeeping ones and ``steps``)."""
         return {k: v for k, v in asdict(self).items() if k not in BOOKKEEPING}

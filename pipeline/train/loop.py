@@ -220,6 +220,17 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
     return metrics
 
 
+def rederive_schedule(optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """After resuming under another ``train.steps``: the scheduler (rebuilt for the new total) sets
+    the learning rate of the step it stands at, instead of the one the checkpoint's schedule gave."""
+    if not hasattr(scheduler, "lr_lambdas"):  # every diffusers.optimization schedule is a LambdaLR
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunData, conditioning: Conditioning,
                  out_dir: Path, device: torch.device, save_manifest: Callable[[], str], curves: Curves,
                  step_offset: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
@@ -248,7 +259,7 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     skipped = {"skipped_steps": 0, "skipped_batches": 0}
     for leftover in ckpt.remove_leftovers(ckpt_dir):
         log.info("%s: removed (left by a checkpoint save that was killed)", leftover)
-    found = ckpt.resume(ckpt_dir, fingerprint, params, optimizer, scheduler)
+    found = ckpt.resume(ckpt_dir, fingerprint, params, optimizer, scheduler, max_step=cfg.steps)
     if found is not None:
         state = found["state"]
         start, resumed_from = state["step"], state["step"]
@@ -256,9 +267,14 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
         eval_losses = [tuple(x) for x in state["eval_losses"]]
         skipped = {k: int(state.get(k, 0)) for k in skipped}
         log.info("resuming from %s (step %d of %d)", found["path"], start, cfg.steps)
-    else:
-        if n := ckpt.clear(ckpt_dir):
-            log.info("%s: removed %d checkpoint(s) that cannot be resumed (another configuration, or damaged)", ckpt_dir, n)
+        saved_total = int(state.get("total_steps", cfg.steps))
+        if saved_total != cfg.steps:
+            rederive_schedule(optimizer, scheduler)
+            log.info("train.steps %d -> %d: the %s LR schedule is re-derived for %d steps (lr now %.3g)", saved_total,
+                     cfg.steps, cfg.lr_scheduler, cfg.steps, scheduler.get_last_lr()[0])
+    # checkpoints not resumed (another configuration, damaged, or after the step resumed) are kept aside
+    ckpt.set_aside(ckpt_dir, after_step=start if found is not None else -1, remove=cfg.remove_stale_checkpoints)
+    if found is None:
         torch.manual_seed(seed_of("global", cfg.seed, *tag))
         if device.type == "cuda":
             torch.cuda.manual_seed_all(seed_of("global", cfg.seed, *tag))
@@ -281,7 +297,8 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     def save(done: int) -> Path:
         path = ckpt.save_checkpoint(ckpt_dir, done, params, optimizer, scheduler,
                                     {"fingerprint": fingerprint, "train_losses": train_losses, "eval_losses": eval_losses,
-                                     "batches_consumed": done * cfg.grad_accum, **skipped}, keep=cfg.keep_checkpoints)
+                                     "batches_consumed": done * cfg.grad_accum, "total_steps": cfg.steps, **skipped},
+                                    keep=cfg.keep_checkpoints)
         curves.write(expert, step_offset, train_losses, eval_losses)  # follow a long run
         return path
 

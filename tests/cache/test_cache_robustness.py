@@ -285,10 +285,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(runs, damage, capl
     caplog.set_level(logging.INFO, logger="train")
     metrics = run_from_params(TINY, params(**RESUME, run_name=name), **kw)
     warned = [w for w in warnings_of(caplog, "train") if "step-000004" in w]
-    assert len(warned) == 1 and "damaged checkpoint" in warned[0] and "\n" not in warned[0], warned
+    assert len(warned) == 2 and "damaged checkpoint" in warned[0] and all("\n" not in w for w in warned), warned
+    assert "not resumed by this run; kept as" in warned[1]  # set aside, not deleted
     assert metrics["resumed_from_step"] == 2 and not leftover.exists()
-    folders = sorted((out / "checkpoints").iterdir())
+    folders = sorted(f for f in (out / "checkpoints").iterdir() if f.name != "stale")
     assert [f.name for f in folders] == ["step-000004", "step-000006"]  # the damaged step 4 was written anew
+    assert [f.name for f in (out / "checkpoints" / "stale").iterdir()] == ["step-000004"]
     for folder in folders:
         ckpt.read_tensors(folder, ckpt.read_state(folder))
     assert_same_lora(data / "lora" / "straight", out)

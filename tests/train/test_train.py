@@ -2,6 +2,8 @@
 
 import csv
 import json
+import logging
+import math
 
 import polars as pl
 import pytest
@@ -161,7 +163,7 @@ def test_tiny_model_overfits_one_repeated_clip(tmp_path):
     assert sum(losses[-20:]) / 20 < 0.9 * sum(losses[:10]) / 10
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, caplog):
     clips = [{"clip_id": f"c{i}", "frames": 9 if i % 2 else 17} for i in range(4)] + [{"clip_id": "im", "kind": "image", "frames": 1}]
     data = make_dataset(tmp_path, clips)
     p = params(steps=6, checkpoint_every=2, dropout=0.1, grad_accum=2, batch_size=2, lr_scheduler="cosine", warmup_steps=2)
@@ -184,9 +186,44 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_csv(data / "lora/straight/loss.csv") == read_csv(data / "lora/resumed/loss.csv")
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
-    # another configuration never resumes a checkpoint that is not its own
-    other = run_from_params(TINY, {**p, "run_name": "resumed", "rank": 8}, cache_dir=str(data / "cache"), data_dir=str(data))
+    # another configuration never resumes a checkpoint that is not its own, and never deletes it silently
+    with caplog.at_level(logging.WARNING, logger="train"):
+        other = run_from_params(TINY, {**p, "run_name": "resumed", "rank": 8}, cache_dir=str(data / "cache"), data_dir=str(data))
     assert other["resumed_from_step"] is None
+    stale = data / "lora/resumed/checkpoints/stale"
+    assert sorted(x.name for x in stale.iterdir()) == ["step-000004", "step-000006"]
+    warned = [r.getMessage() for r in caplog.records if "not resumed by this run" in r.getMessage()]
+    assert len(warned) == 2 and all(str(stale) in m for m in warned)
+
+
+def test_raising_steps_trains_on_from_the_last_checkpoint(tmp_path, caplog):
+    clips = [{"clip_id": f"c{i}", "frames": 9 if i % 2 else 17} for i in range(4)]
+    data = make_dataset(tmp_path, clips)
+    p = params(checkpoint_every=2, grad_accum=2, batch_size=2, dropout=0.1)
+    run = dict(cache_dir=str(data / "cache"), data_dir=str(data))
+    run_from_params(TINY, {**p, "steps": 6, "run_name": "straight"}, **run)
+    first = run_from_params(TINY, {**p, "steps": 4, "run_name": "longer"}, **run)
+    assert first["resumed_from_step"] is None
+    more = run_from_params(TINY, {**p, "steps": 6, "run_name": "longer"}, **run)
+    assert more["resumed_from_step"] == 4 and more["steps"] == 6
+    a = load_file(str(data / "lora/straight/lora.safetensors"))
+    b = load_file(str(data / "lora/longer/lora.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_csv(data / "lora/straight/loss.csv") == read_csv(data / "lora/longer/loss.csv")
+    assert not (data / "lora/longer/checkpoints/stale").exists()  # nothing set aside
+    # a schedule that depends on the total is re-derived when resuming under another total
+    cos = {**p, "lr_scheduler": "cosine", "run_name": "cos"}
+    run_from_params(TINY, {**cos, "steps": 4}, **run)
+    with caplog.at_level(logging.INFO, logger="train"):
+        again = run_from_params(TINY, {**cos, "steps": 8}, **run)
+    assert again["resumed_from_step"] == 4
+    lr = 0.5 * p["lr"] * (1 + math.cos(math.pi * 4 / 8))  # diffusers' cosine at step 4 of 8, no warmup
+    assert any(f"train.steps 4 -> 8: the cosine LR schedule is re-derived for 8 steps (lr now {lr:.3g})" in r.getMessage()
+               for r in caplog.records)
+    # lowering steps resumes the newest checkpoint at or before it; the later ones are kept aside
+    fewer = run_from_params(TINY, {**cos, "steps": 6}, **run)
+    assert fewer["resumed_from_step"] == 6
+    assert [x.name for x in (data / "lora/cos/checkpoints/stale").iterdir()] == ["step-000008"]
 
 
 def test_bench_train_step_runs_tiny_on_cpu(tmp_path, monkeypatch, capsys):
