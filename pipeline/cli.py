@@ -26,7 +26,7 @@ from pipeline.core.logs import setup_logging
 # packages whose cli module registers commands, in the order the help lists them
 COMMAND_MODULES = (
     "pipeline.core.samples", "pipeline.curate.cli", "pipeline.caption.cli", "pipeline.encode.cli",
-    "pipeline.train.cli", "pipeline.report.cli", "pipeline.cache.cli", "pipeline.lineage.cli", "pipeline.export.cli",
+    "pipeline.train.cli", "pipeline.render.cli", "pipeline.report.cli", "pipeline.cache.cli", "pipeline.lineage.cli", "pipeline.export.cli",
 )
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 

@@ -68,7 +68,7 @@ def test_every_stage_ran_on_a_mixed_dataset(repro):
     encoded = schemas.read_table(work / "data/encoded.parquet", "encoded")
     assert set(encoded["clip_id"]) == set(dataset["clip_id"])
     run = work / "data/lora/default"
-    for name in ("lora.safetensors", "lora_comfy.safetensors", "manifest.parquet", "loss.csv", "metrics.json"):
+    for name in ("default.safetensors", "default_comfy.safetensors", "manifest.parquet", "loss.csv", "metrics.json"):
         assert (run / name).exists(), name
     manifest = schemas.read_table(run / "manifest.parquet", "manifest")
     assert set(manifest["kind"]) == {"video", "image"}
@@ -78,14 +78,14 @@ def test_every_stage_ran_on_a_mixed_dataset(repro):
 
 def test_audit_names_the_clips_of_the_run(repro):
     work, _, _, env = repro
-    out = _run([sys.executable, "-m", "pipeline.cli", "audit", "data/lora/default/lora.safetensors", "--json"],
+    out = _run([sys.executable, "-m", "pipeline.cli", "audit", "data/lora/default/default.safetensors", "--json"],
                work, env)
     report = json.loads(out[out.index("{"):])
     assert report["verified"] is True
     manifest = schemas.read_table(work / "data/lora/default/manifest.parquet", "manifest")
     assert sorted(c["clip_id"] for c in report["clips"]) == sorted(manifest["clip_id"].unique())
     used = _run([sys.executable, "-m", "pipeline.cli", "audit", "--source", "data/raw/bikes.mp4"], work, env)
-    assert "data/lora/default/lora.safetensors" in used
+    assert "data/lora/default/default.safetensors" in used
 
 
 def test_second_repro_has_nothing_to_do(repro):
@@ -121,5 +121,5 @@ def test_exp_run_with_another_rank_reruns_only_train(repro):
     assert metrics["latents_computed"] == 0 and metrics["texts_computed"] <= 1
     from safetensors import safe_open
 
-    with safe_open(str(work / "data/lora/default/lora.safetensors"), "pt") as f:
+    with safe_open(str(work / "data/lora/default/default.safetensors"), "pt") as f:
         assert f.metadata()["vlp.rank"] == "16"

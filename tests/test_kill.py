@@ -147,5 +147,5 @@ def test_kill_split_caption_encode_train(base, tmp_path):
     _run("train", killed)
     metrics = json.loads((killed / "data/lora/default/metrics.json").read_text())
     assert metrics["resumed_from_step"] == newest
-    a, b = load_file(str(ref / "data/lora/default/lora.safetensors")), load_file(str(killed / "data/lora/default/lora.safetensors"))
+    a, b = load_file(str(ref / "data/lora/default/default.safetensors")), load_file(str(killed / "data/lora/default/default.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

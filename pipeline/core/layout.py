@@ -82,8 +82,16 @@ class Layout:
         return self.data / "encoded.parquet"
 
     @property
+    def prompts(self) -> Path:
+        return self.data / "prompts.parquet"
+
+    @property
     def lora(self) -> Path:
         return self.data / "lora"
+
+    @property
+    def samples(self) -> Path:
+        return self.data / "samples"
 
     @property
     def report(self) -> Path:

@@ -170,6 +170,16 @@ MANIFEST: ColumnTypes = {
     "expert": Str,  # Wan 2.2 A14B: "high", "low" or "high+low" (both LoRA files); "" for single-expert families
 }
 
+# data/prompts.parquet — prompt embeddings the encode stage caches beside the captions' (encode stage):
+# the empty prompt (caption dropout, the negative prompt of sample videos) and train.samples' prompts.
+PROMPTS: ColumnTypes = {
+    "prompt": Str,  # as written in params ("" for the empty prompt)
+    "role": Str,  # "empty" | "sample"
+    "text_key": Str,
+    "text_shape": pl.List(I64),
+    "text_encoder": Str,
+}
+
 TABLES: dict[str, ColumnTypes] = {
     "caption_parts": CAPTIONS,  # the caption store's chunks: one row per clip and model / prompt / sampling
     "sources": SOURCES,
@@ -180,6 +190,7 @@ TABLES: dict[str, ColumnTypes] = {
     "captions": CAPTIONS,
     "encoded": ENCODED,
     "manifest": MANIFEST,
+    "prompts": PROMPTS,
 }
 
 
@@ -194,6 +205,7 @@ KEYS: dict[str, str] = {
     "captions": "clip_id",
     "encoded": "sample_id",
     "manifest": "sample_id",
+    "prompts": "prompt",
 }
 
 

@@ -10,13 +10,17 @@ from pipeline.models.profiles import Profile
 
 INTERPOLATIONS = ("area", "bicubic", "lanczos", "bilinear")
 DTYPES = ("bfloat16", "float16", "float32")
+# encode.target_fps in words: the profile's native rate (also null, the default), or the clip's own rate
+FPS_WORDS = ("native", "source")
 
 
 @dataclass(frozen=True)
 class EncodeConfig:
     cache_dir: str | None = None  # the cache store; None: <data>/cache
     frame_buckets: tuple[int, ...] = (17, 33, 49, 81)  # 4n+1 frame counts
-    target_fps: float | None = setting(16.0, above=0)  # None keeps the clip's rate
+    # frames per second clips are sampled at: None or "native" = the profile's (16 Wan 2.1 / 2.2 A14B, 24 Wan 2.2
+    # TI2V-5B); "source" = every clip frame at the clip's own rate; a number = that rate (see frame_rate)
+    target_fps: float | str | None = setting(None, above=0)
     mode: str = setting("head", choices=MODES)
     windows: int = setting(1, min=0)
     area: int = setting(480 * 832, min=256)  # pixels of a video bucket
@@ -40,6 +44,9 @@ class EncodeConfig:
             check_frame_buckets(list(self.frame_buckets))
         except ValueError as e:
             raise ParamsError(f"params.yaml encode.frame_buckets: {list(self.frame_buckets)!r} is not allowed: {e}") from None
+        if isinstance(self.target_fps, str) and self.target_fps not in FPS_WORDS:
+            raise ParamsError(f"params.yaml encode.target_fps: {self.target_fps!r} is not allowed: must be null, native, source "
+                              "or a number of frames per second > 0")
         if self.tile_stride > self.tile_size:
             raise ParamsError(f"params.yaml encode.tile_stride: {self.tile_stride!r} is not allowed: must be <= "
                               f"encode.tile_size ({self.tile_size})")
@@ -47,6 +54,18 @@ class EncodeConfig:
     @classmethod
     def from_params(cls, p: dict | None) -> EncodeConfig:
         return load_settings(cls, p, "encode")
+
+    def frame_rate(self, profile: Profile) -> float | None:
+        """The rate clips are sampled at (target frame k = the clip frame nearest to k / rate seconds):
+        ``target_fps`` as a number, the profile's native rate for null / ``native``, None (every clip frame,
+        at the clip's own rate) for ``source``."""
+        if self.target_fps is None or self.target_fps == "native":
+            return float(profile.fps)
+        if self.target_fps == "source":
+            return None
+        if isinstance(self.target_fps, str):
+            raise ValueError(f"encode.target_fps {self.target_fps!r} must be null, native, source or a number")
+        return float(self.target_fps)
 
     def resize_params(self) -> dict:
         """What the latent key records about resizing (the bucket itself is keyed separately)."""

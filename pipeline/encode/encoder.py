@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -40,6 +42,19 @@ from pipeline.encode.plan import Sample, assign_keys
 from pipeline.models.profiles import Profile
 
 log = logging.getLogger("encode")
+
+
+class TextJob(Protocol):
+    """What the text pass reads of a job: a clip's sample, or a prompt (``pipeline.encode.prompts``)."""
+
+    @property
+    def clip_id(self) -> str: ...
+
+    @property
+    def caption(self) -> str: ...
+
+    @property
+    def text_key(self) -> str: ...
 
 
 class Encoder:
@@ -253,7 +268,7 @@ class Encoder:
         return computed, rejected
 
     # -- text pass ------------------------------------------------------------------------
-    def encode_texts(self, todo: list[Sample]) -> tuple[int, list[str]]:
+    def encode_texts(self, todo: Sequence[TextJob]) -> tuple[int, list[str]]:
         """Encode and store the prompt embeddings of ``todo`` (one sample per missing key).
         Returns (computed, text keys rejected for NaN/Inf)."""
         from pipeline.models.text_encoder import encode_prompts, load_text_encoder

@@ -3,7 +3,9 @@
 A key never goes stale: change the clip's bytes, the frames taken, the bucket, the resize,
 the model weights, the dtype or this module's format version, and the key changes, so the
 old entry is simply not found (``vlp cache gc`` removes it later). Change anything else (a
-caption, a train param) and the key stays, so nothing is re-encoded.
+caption, a train param) and the key stays, so nothing is re-encoded. The encode frame rate
+(``encode.target_fps``, by default the profile's) is keyed through the frame indices it picks:
+the same frames give the same tensors whatever rate picked them.
 
 Entry kinds (``kind`` in the key and in the entry metadata):
 - ``latent``: VAE posterior mean of a window of frames, normalised (see pipeline.encode.encode);

@@ -72,6 +72,7 @@ def plan_samples(
     if cfg.mode not in MODES:
         raise ValueError(f"encode.mode '{cfg.mode}' is not one of {MODES}")
     step = cfg.spatial_step(profile)
+    fps = cfg.frame_rate(profile)
     text = ok_captions(captions)
     samples: list[Sample] = []
     skipped: list[dict] = []
@@ -89,14 +90,15 @@ def plan_samples(
                 windows = [[0]]
             else:
                 r = pick_resolution(*size, area=cfg.area, step=step, upscale=cfg.upscale)
-                _, windows = frame_windows(int(row["n_frames"]), float(row["fps"] or 0), cfg.target_fps, buckets, cfg.mode, cfg.windows)
+                _, windows = frame_windows(int(row["n_frames"]), float(row["fps"] or 0), fps, buckets, cfg.mode, cfg.windows)
         except ValueError as e:
             skipped.append({"clip_id": cid, "reason": str(e)})
             continue
         if not windows:
             skipped.append({
                 "clip_id": cid,
-                "reason": f"too short: {row['n_frames']} frames at {row['fps']:.3g} fps < {buckets[0]} frames at {cfg.target_fps} fps",
+                "reason": f"too short: {row['n_frames']} frames at {row['fps']:.3g} fps < {buckets[0]} frames"
+                          + (f" at {fps:g} fps" if fps else ""),
             })
             continue
         for w, idx in enumerate(windows):

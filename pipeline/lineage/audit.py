@@ -22,11 +22,13 @@ from pipeline.core import schemas
 from pipeline.core.errors import one_line
 from pipeline.core.fs import sha256_file
 
-LORA_FILE = "lora.safetensors"
-# What the train stage names its diffusers-layout LoRA files: lora.safetensors, and per expert of a
-# two-expert family lora_high_noise.safetensors / lora_low_noise.safetensors. (The *_comfy files
-# carry the same metadata; one file per trained model is enough to list a run.)
-LORA_FILES = ("lora.safetensors", "lora_high_noise.safetensors", "lora_low_noise.safetensors")
+# The train stage names its LoRA files after the run: <run>.safetensors (diffusers layout) and
+# <run>_comfy.safetensors, per expert of a two-expert family <run>_high_noise / <run>_low_noise, and
+# snapshots snapshots/<run>-step<NNNNN>[...].safetensors (runs of earlier versions: lora[...]). A run
+# is found by its diffusers-layout files (the *_comfy files carry the same metadata; one file per
+# trained model is enough to list a run) beside the run's manifest.
+COMFY_SUFFIX = "_comfy.safetensors"
+SNAPSHOTS = "snapshots"
 MANIFEST_FILE = "manifest.parquet"
 SHA_KEY = "vlp.manifest_sha256"
 HEX = set("0123456789abcdef")
@@ -87,7 +89,7 @@ def open_run(lora_path: str | os.PathLike, manifest_path: str | os.PathLike | No
     """
     lora_path = Path(lora_path)
     metadata = read_lora_metadata(lora_path)
-    manifest_path = Path(manifest_path) if manifest_path else lora_path.parent / MANIFEST_FILE
+    manifest_path = Path(manifest_path) if manifest_path else manifest_beside(lora_path)
     expected = metadata.get(SHA_KEY)
     if not expected:
         raise AuditError(f"{lora_path}: no {SHA_KEY} in its metadata (not a LoRA written by vlp train)")
@@ -107,9 +109,23 @@ def open_run(lora_path: str | os.PathLike, manifest_path: str | os.PathLike | No
     return Run(lora_path, manifest_path, metadata, manifest, actual, verified=not problem, problem=problem)
 
 
-def find_runs(lora_dir: str | os.PathLike) -> tuple[list[Run], list[str]]:
-    """Every LoRA under ``lora_dir`` (any depth): a folder holding ``lora.safetensors``, or the
-    expert files ``lora_high_noise.safetensors`` / ``lora_low_noise.safetensors`` (one run each).
+def manifest_beside(lora_path: Path) -> Path:
+    """The manifest of a LoRA file: in its folder, or for a snapshot in the run folder above."""
+    folder = lora_path.parent.parent if lora_path.parent.name == SNAPSHOTS else lora_path.parent
+    return folder / MANIFEST_FILE
+
+
+def lora_files(lora_dir: Path) -> list[Path]:
+    """The diffusers-layout LoRA files under ``lora_dir`` (any depth) that have a run manifest:
+    final files and snapshots; not the ComfyUI copies, not the checkpoints' tensors."""
+    return sorted(p for p in lora_dir.rglob("*.safetensors")
+                  if not p.name.endswith(COMFY_SUFFIX) and "checkpoints" not in p.relative_to(lora_dir).parts
+                  and manifest_beside(p).exists())
+
+
+def find_runs(lora_dir: str | os.PathLike, snapshots: bool = False) -> tuple[list[Run], list[str]]:
+    """Every LoRA under ``lora_dir`` (any depth): each diffusers-layout LoRA file beside a run's
+    manifest (one per expert of a Wan 2.2 A14B run); with ``snapshots`` the step snapshots too.
 
     Returns the runs (a manifest that does not match is kept, with ``verified=False``) and
     one line per folder that could not be read (e.g. its manifest is missing).
@@ -118,7 +134,9 @@ def find_runs(lora_dir: str | os.PathLike) -> tuple[list[Run], list[str]]:
     if not lora_dir.is_dir():
         return [], [f"{lora_dir}: no such folder"]
     runs, problems = [], []
-    for lora in sorted(p for name in LORA_FILES for p in lora_dir.rglob(name)):
+    for lora in lora_files(lora_dir):
+        if lora.parent.name == SNAPSHOTS and not snapshots:
+            continue
         try:
             runs.append(open_run(lora, strict=False))
         except AuditError as exc:

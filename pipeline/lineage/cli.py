@@ -76,7 +76,7 @@ def _lora_main(args) -> int:
 
 
 def _usage_main(args, what: str, query: str) -> int:
-    runs, problems = audit.find_runs(args.lora_dir)
+    runs, problems = audit.find_runs(args.lora_dir, snapshots=True)  # a takedown names the snapshots too
     kind, value = ("clip", query) if what == "clip" else audit.classify_query(query)
     label = query
     if kind == "file":

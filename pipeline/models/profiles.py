@@ -33,6 +33,10 @@ class Profile:
     # Wan 2.2 A14B models) or "wan2.2" (48 channels, 16x spatial; TI2V-5B only). Latents are
     # interchangeable exactly between profiles whose ``vae`` (and weights fingerprint) match.
     vae: str = "wan2.1"
+    # The frame rate the family was trained at and generates (Wan 2.1 and Wan 2.2 A14B: 16 fps, 81
+    # frames; Wan 2.2 TI2V-5B: 24 fps, 121 frames): encode samples clips at it unless
+    # ``encode.target_fps`` says otherwise.
+    fps: float = 16.0
 
     @property
     def is_tiny(self) -> bool:
@@ -40,7 +44,7 @@ class Profile:
 
 
 _I2V21: dict[str, Any] = {"task": "i2v", "image_encoder": True}
-_TI2V22: dict[str, Any] = {"task": "ti2v", "vae": "wan2.2", "vae_scale_spatial": 16}
+_TI2V22: dict[str, Any] = {"task": "ti2v", "vae": "wan2.2", "vae_scale_spatial": 16, "fps": 24.0}
 _A14B_T2V: dict[str, Any] = {"experts": ("transformer", "transformer_2"), "boundary_ratio": 0.875}
 _A14B_I2V: dict[str, Any] = {"task": "i2v", "experts": ("transformer", "transformer_2"), "boundary_ratio": 0.9}
 _TINY: dict[str, Any] = {"repo": None, "text_dim": 32, "max_text_tokens": 256}

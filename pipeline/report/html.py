@@ -34,6 +34,7 @@ class RunView:
     clips: pl.DataFrame  # audit.clip_rows of its manifest
     loss_png: str | None = None
     metrics: dict = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)  # per step: {"step", "videos": [{"src", "prompt", "index"}]}
 
 
 @dataclass
@@ -178,7 +179,7 @@ def _run(run: RunView) -> dict:
         "name": run.name, "lora": run.lora, "verified": run.verified, "problem": _text(run.problem),
         "profile": _text(md.get("vlp.profile", "?")), "rank": _text(md.get("vlp.rank", "?")),
         "steps": _text(md.get("vlp.steps", "?")), "n_clips": c.height,
-        "n_held": int(c["held_out"].sum()) if c.height else 0, "loss_png": run.loss_png,
+        "n_held": int(c["held_out"].sum()) if c.height else 0, "loss_png": run.loss_png, "samples": run.samples,
         "metadata": [{"key": k, "value": _text(v)} for k, v in sorted(md.items()) if k.startswith("vlp.")],
         "metrics": [{"key": k, "value": fmt(v, 4)} for k, v in sorted(run.metrics.items()) if not isinstance(v, (dict, list))],
         "clips": [{"id": r["clip_id"], "short_id": r["clip_id"][:12], "kind": _text(r["kind"]), "source": _text(r["source_path"]),

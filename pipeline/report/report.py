@@ -117,7 +117,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "run"
 
 
-def _runs(lora_dir: Path, out_dir: Path) -> tuple[list[RunView], list[str]]:
+def sample_grid(run_folder: Path, videos: Path, out_dir: Path) -> list[dict]:
+    """A run's rendered sample videos by step (rows) and prompt (columns): each {"step", "videos":
+    [{"src" (relative to the report), "prompt", "index"}]}; the prompt from the latents' metadata."""
+    from safetensors import safe_open
+
+    grid = []
+    for step in sorted(p for p in videos.glob("step-*") if p.is_dir()):
+        row = []
+        for mp4 in sorted(step.glob("*.mp4"), key=lambda p: (len(p.stem), p.stem)):
+            latents = run_folder / "samples" / step.name / f"{mp4.stem}.safetensors"
+            prompt = ""
+            if latents.exists():
+                with safe_open(str(latents), framework="pt") as f:
+                    prompt = (f.metadata() or {}).get("prompt", "")
+            row.append({"src": os.path.relpath(mp4, out_dir), "prompt": prompt, "index": mp4.stem})
+        if row:
+            grid.append({"step": step.name.removeprefix("step-").lstrip("0") or "0", "videos": row})
+    return grid
+
+
+def _runs(lora_dir: Path, out_dir: Path, samples_dir: Path | None = None) -> tuple[list[RunView], list[str]]:
     runs, problems = audit.find_runs(lora_dir) if lora_dir.is_dir() else ([], [])
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +159,8 @@ def _runs(lora_dir: Path, out_dir: Path) -> tuple[list[RunView], list[str]]:
         label = f"{run.name} ({run.expert}-noise expert)" if run.expert else run.name
         views.append(RunView(label, str(run.lora_path), run.verified, run.problem, run.metadata,
                              audit.clip_rows(run.manifest), f"runs/{png}" if has_png else None,
-                             metrics if isinstance(metrics, dict) else {}))
+                             metrics if isinstance(metrics, dict) else {},
+                             sample_grid(folder, samples_dir / folder.name, out_dir) if samples_dir else []))
     for f in runs_dir.glob("*.png"):
         if f.name not in made:
             f.unlink()
@@ -170,7 +191,7 @@ def build_report(data_dir: str | os.PathLike, out_dir: str | os.PathLike, lora_d
         status = {k: v for k, v in status.items() if v in ("kept", "rejected")}
         hists = [(h.title, f"plots/{name}") for h, name in score_histograms(tables["scores"], status, thresholds,
                                                                             out_dir / "plots", cfg.bins)]
-    runs, problems = _runs(Path(lora_dir), out_dir)
+    runs, problems = _runs(Path(lora_dir), out_dir, Path(data_dir) / "samples")
     page = ReportPage(
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         sources=tables["sources"], clips=view, histograms=hists, thumbs=thumbs, runs=runs, missing=missing,

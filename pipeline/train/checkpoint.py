@@ -2,7 +2,7 @@
 
 ``<run>/checkpoints/step-000040/`` holds
 - ``trainable.safetensors``: the trainable (LoRA) parameters by full module path (not named
-  ``lora.safetensors``, so nothing mistakes a checkpoint for a finished LoRA);
+  after the run like the LoRA files, so nothing mistakes a checkpoint for a finished LoRA);
 - ``optimizer.safetensors``: every tensor of the optimizer state, flattened
   (``state.<param index>.<name>``), plus the RNG states (``rng.torch``, ``rng.cuda.<i>``);
 - ``state.json``: step, data position, the optimizer's non-tensor state and param groups, the

@@ -15,6 +15,11 @@ differs is the conditioning, built here exactly as the diffusers pipelines build
   frame of x_t is the clean first frame of x0, the timestep is per token ([B, tokens]: 0 on the
   first frame's tokens, t * 1000 elsewhere) and the loss leaves the first frame out. A photo is
   trained as text-to-image, as the 5B model generates from text alone: every token at t.
+  ``train.ti2v_mode`` picks what a TI2V video trains: ``i2v`` (the default, as above), ``t2v``
+  (no clean frame: every token at t, the whole video in the loss, a plain text-to-video step as
+  ``WanPipeline(expand_timesteps=True)`` without an image runs it) or ``mixed`` (each sample a fair
+  coin, drawn from the batch's seeded generator: half the videos i2v, half t2v). Other families
+  ignore it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 TASKS = ("t2v", "i2v", "ti2v")
+TI2V_MODES = ("i2v", "t2v", "mixed")
 
 
 @dataclass
@@ -56,10 +62,15 @@ def first_frame_mask(batch: int, latent_frames: int, height: int, width: int, sc
 
 
 def token_timesteps(t: torch.Tensor, latent_shape: tuple[int, ...], patch: tuple[int, int, int],
-                    keep_first_frame: bool) -> torch.Tensor:
+                    keep_first_frame: bool | torch.Tensor) -> torch.Tensor:
     """Per-token timesteps [B, tokens] (``expand_timesteps``): t * 1000 on every token, 0 on the
-    first latent frame's tokens when that frame is given clean."""
+    first latent frame's tokens when that frame is given clean (``keep_first_frame``: for the whole
+    batch, or per sample as a [B] bool tensor)."""
     _, _, f, h, w = latent_shape
+    if isinstance(keep_first_frame, torch.Tensor):
+        frame_t = torch.ones(len(keep_first_frame), f // patch[0], h // patch[1], w // patch[2], device=t.device, dtype=t.dtype)
+        frame_t[:, 0] = (~keep_first_frame.to(t.device)).to(t.dtype).view(-1, 1, 1)
+        return frame_t.flatten(1) * (t * 1000).unsqueeze(1)
     frame_t = torch.ones(f // patch[0], h // patch[1], w // patch[2], device=t.device, dtype=t.dtype)
     if keep_first_frame:
         frame_t[0] = 0
@@ -73,14 +84,30 @@ class Conditioning:
     task: str = "t2v"
     image_embeds: bool = False  # Wan 2.1 I2V: CLIP embeddings as encoder_hidden_states_image
     scale_temporal: int = 4
+    ti2v_mode: str = "i2v"  # TI2V videos: i2v | t2v | mixed (train.ti2v_mode); "i2v" for every other task
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown task '{self.task}'; choose one of {list(TASKS)}")
+        if self.ti2v_mode not in TI2V_MODES:
+            raise ValueError(f"unknown ti2v_mode '{self.ti2v_mode}'; choose one of {list(TI2V_MODES)}")
 
     @classmethod
-    def of(cls, profile) -> Conditioning:
-        return cls(profile.task, profile.image_encoder, profile.vae_scale_temporal)
+    def of(cls, profile, ti2v_mode: str = "i2v") -> Conditioning:
+        """The profile's conditioning; ``ti2v_mode`` counts for a TI2V profile only (others keep "i2v": no effect)."""
+        return cls(profile.task, profile.image_encoder, profile.vae_scale_temporal, ti2v_mode if profile.task == "ti2v" else "i2v")
+
+    def checkpoint_settings(self, settings: dict) -> dict:
+        """The train settings a checkpoint must match, less ``ti2v_mode`` where it changes nothing (another
+        family, or TI2V's default ``i2v``, what every run trained before the setting existed: their checkpoints resume)."""
+        return {k: v for k, v in settings.items() if k != "ti2v_mode" or self.ti2v_mode != "i2v"}
+
+    def draw_clean_first(self, batch: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor | None:
+        """TI2V ``mixed``: which samples of a batch keep their first latent frame clean ([B] bool, a fair coin
+        each from ``generator``, drawn after the batch's timesteps and noise); None for every other mode."""
+        if self.task != "ti2v" or self.ti2v_mode != "mixed":
+            return None
+        return torch.rand(batch, generator=generator, device=device) < 0.5
 
     @property
     def needs_cond(self) -> bool:
@@ -93,15 +120,24 @@ class Conditioning:
         return self.task != "i2v"
 
     def model_inputs(self, inputs: TrainInputs, x_t: torch.Tensor, t: torch.Tensor,
-                     patch: tuple[int, int, int] = (1, 2, 2)) -> tuple[dict, bool]:
-        """(transformer keyword arguments, whether the loss leaves the first latent frame out)."""
+                     patch: tuple[int, int, int] = (1, 2, 2),
+                     clean_first: torch.Tensor | None = None) -> tuple[dict, bool | torch.Tensor]:
+        """(transformer keyword arguments, whether the loss leaves the first latent frame out: for the
+        whole batch, or per sample as a [B] bool tensor). ``clean_first``: TI2V ``mixed``'s coins
+        (:meth:`draw_clean_first`)."""
         x0 = inputs.latents
         if self.task == "ti2v":
-            i2v_mode = x0.shape[2] > 1  # a photo is trained text-to-image
-            if i2v_mode:
+            keep: bool | torch.Tensor = x0.shape[2] > 1 and self.ti2v_mode != "t2v"  # a photo is trained text-to-image
+            if keep and self.ti2v_mode == "mixed":
+                if clean_first is None:
+                    raise ValueError("ti2v_mode mixed needs each sample's coin (Conditioning.draw_clean_first)")
+                keep = clean_first.to(x0.device)
+                first = torch.where(keep.view(-1, 1, 1, 1, 1), x0[:, :, :1], x_t[:, :, :1])
+                x_t = torch.cat([first, x_t[:, :, 1:]], dim=2)
+            elif keep:
                 x_t = torch.cat([x0[:, :, :1], x_t[:, :, 1:]], dim=2)
-            kwargs = {"hidden_states": x_t, "timestep": token_timesteps(t, tuple(x0.shape), patch, i2v_mode)}
-            return kwargs, i2v_mode
+            kwargs = {"hidden_states": x_t, "timestep": token_timesteps(t, tuple(x0.shape), patch, keep)}
+            return kwargs, keep
         kwargs = {"timestep": t * 1000}
         if self.task == "i2v":
             if inputs.cond is None:

@@ -16,7 +16,8 @@ from pipeline.train.timesteps import TimestepSampler
 # ``steps`` too: raising it resumes the newest checkpoint and trains on (a schedule that depends on
 # the total is re-derived); lowering it resumes the newest checkpoint at or before it.
 BOOKKEEPING = {"run_name", "cache_dir", "checkpoint_every", "keep_checkpoints", "remove_stale_checkpoints", "steps",
-               "eval_every", "eval_timesteps",
+               "log_with", "save_every", "samples", "sample_every", "sample_frames", "sample_width", "sample_height",
+               "sample_steps", "sample_guidance", "sample_seed", "eval_every", "eval_timesteps",
                "eval_max_samples", "eval_seed", "save_dtype", "device", "progress", "expert",
                "blocks_to_swap", "offload_activations", "ffn_chunks", "vram_budget_gib", "verify_cache"}
 
@@ -61,6 +62,18 @@ class TrainConfig:
     repeats: dict[str, int] = field(default_factory=lambda: {"video": 1, "image": 1})
     dataset_repeats: dict[str, int] = field(default_factory=dict)
     image_batch_fraction: float | None = None
+    caption_dropout: float = 0.0  # share of samples trained on the empty prompt (cached by encode)
+    log_with: str = "none"  # none | tensorboard: live logging beside the DVC plots
+    save_every: int = 0  # write loadable LoRA snapshots every N steps (0 = only the final files)
+    # sample videos while training (latents; the render stage decodes them)
+    samples: list = field(default_factory=list)  # prompts, or {prompt: ...}; encode caches their embeddings
+    sample_every: int = 0  # steps between samples (and at the last step); 0 = none
+    sample_frames: int = 33
+    sample_width: int = 832
+    sample_height: int = 480
+    sample_steps: int = 20  # denoising steps
+    sample_guidance: float = 5.0
+    sample_seed: int = 42
     verify_cache: bool = True  # check each cache entry's stored sha256 before training; damaged samples are skipped
     # held out + eval
     held_out_fraction: float = 0.1
@@ -76,6 +89,7 @@ class TrainConfig:
     remove_stale_checkpoints: bool = False  # delete checkpoints this run does not resume (else kept in checkpoints/stale/)
     save_dtype: str = "bfloat16"
     expert: str = "both"  # Wan 2.2 A14B: "high" | "low" | "both" (in turn); ignored by single-expert families
+    ti2v_mode: str = "i2v"  # Wan 2.2 TI2V-5B videos: "i2v" (clean first frame) | "t2v" | "mixed" (per sample); ignored by other families
     progress: bool = True
 
     @classmethod
@@ -97,6 +111,15 @@ class TrainConfig:
             raise ParamsError(f"train.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.expert not in ("high", "low", "both"):
             raise ParamsError(f"train.expert must be high, low or both, got '{self.expert}'")
+        if self.ti2v_mode not in ("i2v", "t2v", "mixed"):
+            raise ParamsError(f"train.ti2v_mode must be i2v, t2v or mixed, got {self.ti2v_mode!r}")
+        self._validate_samples()
+        if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ParamsError(f"train.save_every must be a number of steps >= 0, got {self.save_every!r}")
+        if self.log_with not in ("none", "tensorboard"):
+            raise ParamsError(f"train.log_with must be none or tensorboard, got '{self.log_with}'")
+        if isinstance(self.caption_dropout, bool) or not 0.0 <= self.caption_dropout < 1.0:
+            raise ParamsError(f"train.caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
         if not isinstance(self.verify_cache, bool):
             raise ParamsError(f"train.verify_cache must be true or false, got {self.verify_cache!r}")
         self._validate_memory()
@@ -104,6 +127,23 @@ class TrainConfig:
             self.sampler()  # checks the timestep settings
         except ValueError as e:
             raise ParamsError(f"params.yaml train: {e}") from None
+
+    def _validate_samples(self) -> None:
+        for i, item in enumerate(self.samples):
+            prompt = item.get("prompt") if isinstance(item, dict) else item
+            extra = set(item) - {"prompt"} if isinstance(item, dict) else set()
+            if not isinstance(prompt, str) or extra:
+                raise ParamsError(f"train.samples[{i}]: a prompt (text) or {{prompt: text}}, got {item!r}")
+        ints = {"sample_every": 0, "sample_frames": 1, "sample_width": 16, "sample_height": 16, "sample_steps": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ParamsError(f"train.{name} must be a whole number >= {low}, got {v!r}")
+        if (self.sample_frames - 1) % 4:
+            raise ParamsError(f"train.sample_frames must be 4n+1 (the VAE's temporal stride), got {self.sample_frames}")
+        if self.sample_width % 16 or self.sample_height % 16:
+            raise ParamsError(f"train.sample_width / sample_height must be multiples of 16, got "
+                              f"{self.sample_width}x{self.sample_height}")
 
     def _validate_memory(self) -> None:
         swap, offload, chunks = self.blocks_to_swap, self.offload_activations, self.ffn_chunks

@@ -189,6 +189,12 @@ class BatchPlan:
         return out
 
 
+def _unit(seed: int, batch_index: int, position: int) -> float:
+    """A number in [0, 1) fixed by (seed, batch index, position in the batch)."""
+    digest = hashlib.sha256(f"caption_dropout:{seed}:{batch_index}:{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def pad_text(embeds: torch.Tensor, max_tokens: int) -> torch.Tensor:
     """[L, D] -> [max_tokens, D], zeros after the real tokens (as ``WanPipeline`` pads); longer is cut."""
     out = embeds.new_zeros(max_tokens, embeds.shape[1])
@@ -203,9 +209,15 @@ class CachedBatches:
     ``image_embeds`` entry of Wan 2.1 I2V)."""
 
     def __init__(self, store: CacheStore, samples: pl.DataFrame, max_text_tokens: int, cond: bool = False,
-                 image: bool = False):
+                 image: bool = False, empty_text_key: str = "", caption_dropout: float = 0.0, seed: int = 0):
         self.store = store
         self.max_text_tokens = max_text_tokens
+        # caption dropout: a training batch's sample trains on the empty prompt with this probability,
+        # decided by (seed, batch index, position): the same on a resumed run
+        self.empty_text_key, self.caption_dropout, self.seed = empty_text_key, caption_dropout, seed
+        if caption_dropout > 0 and not empty_text_key:
+            raise ValueError("train.caption_dropout needs the empty prompt's embedding (data/prompts.parquet): "
+                             "re-run the encode stage")
         self.latent_keys = samples["latent_key"].to_list()
         self.text_keys = samples["text_key"].to_list()
         self.cond_keys = samples["cond_key"].to_list() if cond else None
@@ -266,6 +278,15 @@ class CachedBatches:
     def text(self, row: int) -> torch.Tensor:
         return pad_text(self.store.get(self.text_keys[row])["prompt_embeds"].float(), self.max_text_tokens)
 
+    def empty_text(self) -> torch.Tensor:
+        return pad_text(self.store.get(self.empty_text_key)["prompt_embeds"].float(), self.max_text_tokens)
+
+    def dropped(self, batch_index: int | None, n: int) -> list[bool]:
+        """Which of a batch's ``n`` samples train on the empty prompt (none outside training: ``batch_index`` None)."""
+        if batch_index is None or self.caption_dropout <= 0:
+            return [False] * n
+        return [_unit(self.seed, batch_index, j) < self.caption_dropout for j in range(n)]
+
     def cond(self, row: int) -> torch.Tensor:
         assert self.cond_keys is not None  # called only for a family with conditioning latents (load)
         c = self.store.get(self.cond_keys[row])["cond_latents"]
@@ -278,12 +299,14 @@ class CachedBatches:
         assert self.image_keys is not None  # called only for a family with image embeddings (load)
         return self.store.get(self.image_keys[row])["image_embeds"].float()
 
-    def load(self, rows: tuple[int, ...] | list[int]) -> TrainInputs:
+    def load(self, rows: tuple[int, ...] | list[int], batch_index: int | None = None) -> TrainInputs:
         """Stacked tensors of ``rows``: latents [B, C, F, H, W], prompt embeddings [B, max_text_tokens, D],
-        conditioning latents [B, C, F, H, W] and image embeddings [B, N, D] when the family uses them."""
+        conditioning latents [B, C, F, H, W] and image embeddings [B, N, D] when the family uses them.
+        ``batch_index``: the training batch (caption dropout applies); None for evaluation."""
+        drop = self.dropped(batch_index, len(rows))
         return TrainInputs(
             torch.stack([self.latents(r) for r in rows]),
-            torch.stack([self.text(r) for r in rows]),
+            torch.stack([self.empty_text() if d else self.text(r) for r, d in zip(rows, drop)]),
             torch.stack([self.cond(r) for r in rows]) if self.cond_keys is not None else None,
             torch.stack([self.image(r) for r in rows]) if self.image_keys is not None else None,
         )

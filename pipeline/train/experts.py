@@ -1,15 +1,18 @@
 """Which transformer(s) a run trains, on which timesteps, into which LoRA files.
 
-Single-expert families train ``transformer`` on every timestep into ``lora.safetensors`` /
-``lora_comfy.safetensors``. Wan 2.2 A14B has two experts (``Profile.experts``); at inference
-``WanPipeline`` runs ``transformer`` for timesteps >= ``boundary_ratio * 1000`` and
-``transformer_2`` below, so:
+Files are named after the run (``train.run_name``), so the files of different runs never collide
+in a ComfyUI loras folder. Single-expert families train ``transformer`` on every timestep into
+``<run>.safetensors`` / ``<run>_comfy.safetensors``. Wan 2.2 A14B has two experts
+(``Profile.experts``); at inference ``WanPipeline`` runs ``transformer`` for timesteps >=
+``boundary_ratio * 1000`` and ``transformer_2`` below, so:
 
-- ``high``: ``transformer`` trained on t in [boundary_ratio, 1] -> ``lora_high_noise.safetensors``
-  (+ ``lora_high_noise_comfy.safetensors``);
-- ``low``: ``transformer_2`` trained on t in [0, boundary_ratio) -> ``lora_low_noise.safetensors``
-  (+ ``lora_low_noise_comfy.safetensors``); in diffusers it loads with
+- ``high``: ``transformer`` trained on t in [boundary_ratio, 1] -> ``<run>_high_noise.safetensors``
+  (+ ``<run>_high_noise_comfy.safetensors``);
+- ``low``: ``transformer_2`` trained on t in [0, boundary_ratio) -> ``<run>_low_noise.safetensors``
+  (+ ``<run>_low_noise_comfy.safetensors``); in diffusers it loads with
   ``load_lora_weights(..., load_into_transformer_2=True)``.
+
+Snapshots (``train.save_every``) go to ``snapshots/<run>-step<NNNNN>[_high_noise|_low_noise][_comfy].safetensors``.
 
 (t is the flow-matching time in [0, 1]: x_t = (1 - t) x0 + t noise, the model sees t * 1000.)
 ``train.min_t`` / ``train.max_t`` narrow an expert's range further. ``train.expert: both`` trains
@@ -34,15 +37,23 @@ class Expert:
     max_exclusive: bool = False  # the low-noise range stops just below the boundary
 
     @property
-    def files(self) -> tuple[str, str]:
-        """(diffusers file, ComfyUI file) names."""
-        stem = {"": "lora", "high": "lora_high_noise", "low": "lora_low_noise"}[self.name]
-        return f"{stem}.safetensors", f"{stem}_comfy.safetensors"
+    def suffix(self) -> str:
+        return {"": "", "high": "_high_noise", "low": "_low_noise"}[self.name]
+
+    def files(self, run_name: str) -> tuple[str, str]:
+        """(diffusers file, ComfyUI file) names of the run's final LoRA."""
+        return f"{run_name}{self.suffix}.safetensors", f"{run_name}{self.suffix}_comfy.safetensors"
+
+    def snapshot_files(self, run_name: str, step: int) -> tuple[str, str]:
+        """(diffusers file, ComfyUI file) names of the snapshot at ``step`` (in ``snapshots/``)."""
+        return self.files(f"{run_name}-step{step:05d}")
 
 
-def all_lora_files() -> set[str]:
-    """Every LoRA file name a run can write (to clear those of another family from a run folder)."""
-    return {n for e in ("", "high", "low") for n in Expert(e, "transformer", 0.0, 1.0).files}
+def all_lora_files(run_name: str) -> set[str]:
+    """Every final LoRA file name a run can write, and the names of earlier versions (``lora[...]``),
+    to clear those of another family or expert choice from a run folder."""
+    experts = [Expert(e, "transformer", 0.0, 1.0) for e in ("", "high", "low")]
+    return {n for e in experts for name in (run_name, "lora") for n in e.files(name)}
 
 
 def experts_to_train(profile: Profile, choice: str, min_t: float = 0.0, max_t: float = 1.0) -> list[Expert]:

@@ -29,9 +29,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -44,16 +42,10 @@ from pipeline.core.devices import resolve_device
 from pipeline.core.fs import sha256_file, sha256_json, write_json
 from pipeline.models.profiles import Profile
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.conditioning import Conditioning, TrainInputs
+from pipeline.train.conditioning import Conditioning
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import (
-    Batch,
-    BatchPlan,
-    CachedBatches,
-    batch_problem,
     check_profile,
-    held_out_flags,
-    sample_repeats,
 )
 from pipeline.train.estimate import (
     video_tokens,
@@ -70,13 +62,18 @@ from pipeline.train.lora import (
     trainable_parameters,
 )
 from pipeline.train.manifest import build_manifest, times_seen
+from pipeline.train.metadata import standard_metadata
 from pipeline.train.outputs import (
+    SNAPSHOTS,
     Curves,
     clear_other_lora_files,
+    clear_snapshots,
     memory_metrics,
     peak_memory,
     run_metrics,
 )
+from pipeline.train.rundata import RunData, prefetch, prepare_data
+from pipeline.train.sampling import SampleMaker
 from pipeline.train.setup import (
     log_plan,
     make_optimizer,
@@ -93,89 +90,17 @@ from pipeline.train.step import (
     seed_of,
     skip_update,
 )
+from pipeline.train.tracking import Tracker
 
 log = logging.getLogger("train")
 
 SAVE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def _load_checked(loader: CachedBatches, rows: tuple[int, ...]) -> tuple[TrainInputs, str | None]:
-    """A batch from the cache and why it must not be trained on (None when it may)."""
-    inputs = loader.load(rows)
-    return inputs, batch_problem(inputs)
-
-
-def _prefetch(batches: Iterator[Batch], loader: CachedBatches) -> Iterator[tuple[Batch, TrainInputs, str | None]]:
-    """Load (and check) the next batch from the cache in a thread while the current one trains."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        batch = next(batches)
-        future = pool.submit(_load_checked, loader, batch.rows)
-        while True:
-            nxt = next(batches)
-            nxt_future = pool.submit(_load_checked, loader, nxt.rows)
-            yield batch, *future.result()
-            batch, future = nxt, nxt_future
-
-
-@dataclass
-class RunData:
-    """What every expert of a run trains and evaluates on."""
-
-    samples: pl.DataFrame
-    loader: CachedBatches
-    held: list[bool]
-    train_rows: list[int]
-    eval_rows: list[int]
-    plan: BatchPlan
-    sample_ids: list[str]
-
-    @property
-    def train_samples(self) -> pl.DataFrame:
-        return self.samples[self.train_rows]
-
-
-def prepare_data(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore,
-                 conditioning: Conditioning) -> RunData:
-    """Drop what cannot be trained (with a logged reason), split off the held-out samples, plan the batches."""
-    if not conditioning.trains_images:
-        n_images = int((samples["kind"] == "image").sum())
-        if n_images:
-            log.warning("%d image sample(s) skipped: the %s family is conditioned on the first frame, so a one-frame "
-                        "sample would be its own condition", n_images, profile.family)
-            samples = samples.filter(pl.col("kind") != "image")
-    flags = {"cond": conditioning.needs_cond, "image": conditioning.image_embeds}
-    loader = CachedBatches(store, samples, profile.max_text_tokens, **flags)
-    missing = loader.missing()
-    for r, why in sorted(missing.items()):
-        log.warning("%s: sample %s skipped (re-run the encode stage)", why, samples["sample_id"][r])
-    if cfg.verify_cache:
-        log.info("verifying the cache entries of %d samples (sha256; train.verify_cache)", samples.height - len(missing))
-    damaged = {r: why for r, why in loader.damaged(cfg.verify_cache).items() if r not in missing}
-    for r, why in sorted(damaged.items()):
-        log.warning("%s: sample %s skipped (`vlp cache verify --delete-bad`, then the encode stage, rewrites it)",
-                    why, samples["sample_id"][r])
-    dropped = set(missing) | set(damaged)
-    if dropped:
-        samples = samples[[i for i in range(samples.height) if i not in dropped]]
-        loader = CachedBatches(store, samples, profile.max_text_tokens, **flags)
-    if samples.height == 0:
-        raise ValueError("no samples to train on (encoded.parquet is empty or every cache entry is missing or damaged)")
-
-    held = held_out_flags(samples, cfg.held_out_fraction, cfg.held_out_clips, cfg.held_out_by)
-    train_rows = [i for i, h in enumerate(held) if not h]
-    eval_rows = [i for i, h in enumerate(held) if h][: cfg.eval_max_samples]
-    train_samples = samples[train_rows]
-    plan = BatchPlan(train_samples, sample_repeats(train_samples, cfg.repeats, cfg.dataset_repeats),
-                     cfg.batch_size, cfg.seed, cfg.image_batch_fraction)
-    log.info("%d training samples (%s), %d held out; buckets: %s", len(train_rows),
-             ", ".join(f"{k}: {plan.batches_per_epoch[k]} batches/epoch" for k in plan.kinds), len(held) - len(train_rows),
-             ", ".join(f"{b[0]} {b[1]}x{b[2]}x{b[3]}" for b in sorted(set(plan.buckets))))
-    return RunData(samples, loader, held, train_rows, eval_rows, plan, samples["sample_id"].to_list())
-
-
 def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore, out_dir: str | Path,
-          on_step: Callable[[int, float], None] | None = None) -> dict:
+          on_step: Callable[[int, float], None] | None = None, prompts: pl.DataFrame | None = None) -> dict:
     """Train the LoRA(s) on ``samples`` (from ``data.build_samples``); write the run folder; return the metrics.
+    ``prompts``: the encode stage's ``prompts.parquet`` (the empty prompt for caption dropout).
 
     ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step; the
     loss is NaN for a step that made no update); with two experts trained in turn the second one's steps
@@ -187,10 +112,10 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
         torch.backends.cuda.matmul.allow_tf32 = True
     check_profile(samples, profile)
     experts = experts_to_train(profile, cfg.expert, cfg.min_t, cfg.max_t)
-    conditioning = Conditioning.of(profile)
-    data = prepare_data(cfg, profile, samples, store, conditioning)
+    conditioning = Conditioning.of(profile, cfg.ti2v_mode)
+    data = prepare_data(cfg, profile, samples, store, conditioning, prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_other_lora_files(out_dir, experts)
+    clear_other_lora_files(out_dir, experts, cfg.run_name)
 
     # the manifest is a function of the samples and the batch plan: the same bytes for every expert
     seen = times_seen(data.plan, cfg.steps * cfg.grad_accum, data.train_rows, data.samples.height)
@@ -250,7 +175,8 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
                               num_training_steps=cfg.steps)
 
     tag = (expert.name,) if expert.name else ()  # seeds of a single-expert run stay as they were
-    fingerprint = sha256_json({"settings": cfg.training_settings(), "profile": profile.name, "repo": profile.repo,
+    fingerprint = sha256_json({"settings": conditioning.checkpoint_settings(cfg.training_settings()),
+                               "profile": profile.name, "repo": profile.repo,
                                "storage": storage, **({"expert": expert.name} if expert.name else {}),
                                "samples": [sample_ids, data.samples["latent_key"].to_list(),
                                            data.samples["text_key"].to_list(), data.held]})
@@ -282,11 +208,14 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     sampler = cfg.sampler(expert.min_t, expert.max_t, expert.max_exclusive)
     eval_range = (expert.min_t, expert.max_t) if expert.name else (0.0, 1.0)
 
+    tracker = Tracker(cfg.log_with, out_dir, expert.name)
+
     def run_eval(step: int) -> None:
         if data.eval_rows and not any(s == step for s, _ in eval_losses):
             value = evaluate(model, loader, data.eval_rows, sample_ids, cfg.eval_timesteps, cfg.eval_seed, device, compute,
                              conditioning, eval_range)
             eval_losses.append((step, value))
+            tracker.log(step_offset + step, eval_loss=value)
             log.info("step %d: eval loss %.5f", step, value)
 
     if device.type == "cuda":
@@ -302,8 +231,28 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
         curves.write(expert, step_offset, train_losses, eval_losses)  # follow a long run
         return path
 
-    batches = _prefetch(data.plan.iterate(start * cfg.grad_accum), loader)
-    step_times = []
+    def write_lora(done: int) -> None:
+        """The LoRA files: the final ones at the last step, else a snapshot (``snapshots/``). The
+        manifest first: its hash goes into the metadata."""
+        manifest_sha256 = save_manifest()
+        meta = lora_metadata(run_name=cfg.run_name, profile=profile.name, family=profile.family,
+                             base_model=profile.repo or "tiny", rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets,
+                             steps=done, manifest_sha256=manifest_sha256, expert=expert.name)
+        meta.update(standard_metadata(cfg, profile, expert, data.train_samples,
+                                      n_held_out=len(data.held) - len(data.train_rows), manifest_sha256=manifest_sha256,
+                                      steps_done=done, optimizer=optimizer, started_at=started_at, finished_at=time.time()))
+        final = done == cfg.steps
+        folder = out_dir if final else out_dir / SNAPSHOTS
+        names = expert.files(cfg.run_name) if final else expert.snapshot_files(cfg.run_name, done)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = save_lora_files(folder, lora_state_dict(model), lora_config, meta, SAVE_DTYPES[cfg.save_dtype], *names)
+        if not final:
+            log.info("step %d: snapshot %s", done, paths[0])
+
+    clear_snapshots(out_dir / SNAPSHOTS, cfg.run_name, expert, after_step=start)
+    samples = SampleMaker(cfg, profile, data.prompts, data.store, out_dir, device, compute)
+    batches = prefetch(data.plan.iterate(start * cfg.grad_accum), loader)
+    step_times, started_at = [], time.time()  # started_at: this session's training start (LoRA metadata)
     bar = tqdm(range(start, cfg.steps), desc=f"train {expert.name}".rstrip(), unit="step", initial=start, total=cfg.steps,
                disable=not cfg.progress)
     with StopSignals() as stop:
@@ -333,17 +282,25 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", s_step=f"{step_times[-1]:.2f}", refresh=False)
+            tracker.log(step_offset + done, loss=value if math.isfinite(value) else None, lr=lr, step_s=step_times[-1],
+                        peak_memory_gib=peak_memory(device)[0])
             if cfg.eval_every > 0 and done % cfg.eval_every == 0:
                 run_eval(done)
             saved = (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0) or done == cfg.steps
             if saved:
                 save(done)
+            if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps:
+                write_lora(done)
+            if samples.due(done):
+                samples.run(model, done)
             if on_step is not None:
                 on_step(done, value)
             if stop.signum is not None:
                 path = ckpt_dir / f"{ckpt.PREFIX}{done:06d}" if saved else save(done)
                 log.warning("%s after step %d: checkpoint %s written; run again to resume from it", stop.name, done, path)
+                tracker.close()
                 raise stop.exception()
     run_eval(cfg.steps)
     peak_gib, peak_kind = peak_memory(device)
@@ -353,12 +310,9 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     else:
         log.info("measured peak memory %.2f GiB (%s)", peak_gib, peak_kind)
 
-    # outputs: the manifest first (its hash goes into the LoRA metadata)
-    meta = lora_metadata(run_name=cfg.run_name, profile=profile.name, family=profile.family,
-                         base_model=profile.repo or "tiny", rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets,
-                         steps=cfg.steps, manifest_sha256=save_manifest(), expert=expert.name)
-    save_lora_files(out_dir, lora_state_dict(model), lora_config, meta, SAVE_DTYPES[cfg.save_dtype], *expert.files)
+    write_lora(cfg.steps)
     curves.finish(expert, step_offset, train_losses, eval_losses)
+    tracker.close()
     metrics = run_metrics(cfg, train_losses, eval_losses, est, peak_gib, peak_kind, step_times, device,
                        len(data.train_rows), len(data.held) - len(data.train_rows),
                        sum(p.numel() for p in params.values()), resumed_from)

@@ -1,19 +1,29 @@
 """The LoRA adapter: set-up on the transformer through peft, and the two files a run writes.
 
-A single-expert family writes the two files below; Wan 2.2 A14B writes them per expert as
-``lora_high_noise[_comfy].safetensors`` and ``lora_low_noise[_comfy].safetensors`` (``experts``).
+The files are named after the run (``train.run_name``, see ``experts.Expert.files``): a single-expert
+family writes the two files below; Wan 2.2 A14B writes them per expert as
+``<run>_high_noise[_comfy].safetensors`` and ``<run>_low_noise[_comfy].safetensors``; snapshots
+(``train.save_every``) go to ``snapshots/<run>-step<NNNNN>[...].safetensors``.
 
-- ``lora.safetensors``: diffusers/peft layout (``transformer.blocks.N.attn1.to_q.lora_A.weight``)
+- ``<run>.safetensors``: diffusers/peft layout (``transformer.blocks.N.attn1.to_q.lora_A.weight``)
   with the adapter config in the ``lora_adapter_metadata`` entry, as diffusers writes it, so
-  ``WanPipeline.load_lora_weights`` restores rank and alpha.
-- ``lora_comfy.safetensors``: original Wan / ComfyUI layout (``diffusion_model.blocks.N.self_attn.q``
+  ``WanPipeline.load_lora_weights`` restores rank and alpha. That entry is this layout's equivalent
+  of the ``.alpha`` keys: diffusers takes alpha from it alone (``.alpha`` tensors in this layout are
+  loaded and ignored, checked with diffusers 0.42), so the file has none. (``transformer.load_lora_adapter``
+  given the file's path does not read the entry either: alpha falls back to the rank.)
+- ``<run>_comfy.safetensors``: original Wan / ComfyUI layout (``diffusion_model.blocks.N.self_attn.q``
   ...), an ``.alpha`` scalar per module.
 
-Both carry ``vlp.*`` metadata (see :func:`lora_metadata`), which ``vlp audit`` reads.
+Both carry ``vlp.*`` metadata (see :func:`lora_metadata`), which ``vlp audit`` reads, the standard
+``ss_*`` / ``modelspec.*`` keys of kohya's tools and Stability's model spec (``metadata``), and each its
+own ``sshs_model_hash`` (kohya's hash: sha256 of the tensor data after the header, so independent of the
+metadata; also as ``modelspec.hash_sha256``, ``0x``-prefixed, as the model spec defines it). kohya's
+``sshs_legacy_hash`` is not written: it hashes bytes at a fixed file offset, which the header moves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -22,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from pipeline.core.fs import atomic_path
 from pipeline.train.comfy_keys import BLOCK_MODULES, to_comfy
@@ -32,8 +42,6 @@ if TYPE_CHECKING:
 
 ADAPTER = "default"
 FORMAT_VERSION = "1"
-DIFFUSERS_FILE = "lora.safetensors"
-COMFY_FILE = "lora_comfy.safetensors"
 
 # Every Linear in the attention and the FFN of each block (diffusers names inside a block).
 # ``attn2.add_k_proj`` / ``add_v_proj`` (the image keys/values, ComfyUI ``k_img`` / ``v_img``) exist
@@ -114,9 +122,9 @@ def _adapter_metadata(config: LoraConfig) -> str:
 
 
 def save_lora_files(out_dir: str | Path, state_dict: dict[str, torch.Tensor], config: LoraConfig,
-                    metadata: dict[str, str], dtype: torch.dtype = torch.bfloat16,
-                    diffusers_name: str = DIFFUSERS_FILE, comfy_name: str = COMFY_FILE) -> tuple[Path, Path]:
-    """Write the diffusers and the ComfyUI file (atomically); returns their paths."""
+                    metadata: dict[str, str], dtype: torch.dtype, diffusers_name: str, comfy_name: str) -> tuple[Path, Path]:
+    """Write the diffusers and the ComfyUI file (atomically) as ``out_dir / diffusers_name`` and
+    ``out_dir / comfy_name`` (``experts.Expert.files`` / ``snapshot_files``); returns their paths."""
     out_dir = Path(out_dir)
     weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
     diffusers_sd = {f"transformer.{k}": v for k, v in weights.items()}
@@ -125,6 +133,14 @@ def save_lora_files(out_dir: str | Path, state_dict: dict[str, torch.Tensor], co
     metas = ({"format": "pt", "lora_adapter_metadata": _adapter_metadata(config), **metadata},
              {"format": "pt", **metadata})
     for path, sd, meta in zip(paths, (diffusers_sd, comfy_sd), metas):
+        digest = tensor_data_sha256(sd)
         with atomic_path(path) as tmp:
-            save_file(sd, str(tmp), metadata=meta)
+            save_file(sd, str(tmp), metadata={**meta, "sshs_model_hash": digest, "modelspec.hash_sha256": f"0x{digest}"})
     return paths
+
+
+def tensor_data_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """kohya's ``sshs_model_hash``: sha256 (hex) of the safetensors bytes after the header (the 8-byte
+    length and the JSON), i.e. of the tensor data alone, which the metadata does not change."""
+    blob = save(state_dict)
+    return hashlib.sha256(memoryview(blob)[8 + int.from_bytes(blob[:8], "little"):]).hexdigest()

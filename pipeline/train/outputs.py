@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import resource
 import statistics
 from pathlib import Path
@@ -39,15 +40,33 @@ def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
         w.writerows(rows)
 
 
-def clear_other_lora_files(out_dir: Path, experts: list[Expert]) -> None:
+def clear_other_lora_files(out_dir: Path, experts: list[Expert], run_name: str) -> None:
     """Remove LoRA files of another family or expert choice from the run folder: they were not
     trained on this run's manifest (``vlp audit`` would report them as changed)."""
-    keep = {name for e in experts for name in e.files}
-    for name in sorted(all_lora_files() - keep):
+    keep = {name for e in experts for name in e.files(run_name)}
+    for name in sorted(all_lora_files(run_name) - keep):
         if (out_dir / name).exists():
             (out_dir / name).unlink()
             log.info("%s: removed (not written by this run's family / train.expert; use train.expert: both or "
                      "another run_name to keep both experts)", out_dir / name)
+
+
+SNAPSHOTS = "snapshots"  # <run>/snapshots/: the LoRA files written every train.save_every steps
+
+
+def clear_snapshots(folder: Path, run_name: str, expert: Expert, after_step: int) -> None:
+    """Remove the expert's snapshots after ``after_step`` (the step the run starts from): they were
+    written by a run this one does not continue (another configuration, or after the checkpoint it
+    resumes), and this run writes its own again."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob(f"{run_name}-step*.safetensors")):
+        m = re.match(r"\d+", path.name.removeprefix(f"{run_name}-step"))
+        if m is None or path.name not in expert.snapshot_files(run_name, int(m.group())):
+            continue
+        if int(m.group()) > after_step:
+            path.unlink()
+            log.warning("%s: removed (a snapshot of a run this one does not continue; its own are written again)", path)
 
 
 class Curves:

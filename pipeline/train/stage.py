@@ -15,8 +15,8 @@ from pipeline.train.data import build_samples
 
 def run_from_params(model: dict, train: dict, cache_dir: str | None = None, data_dir: str = "data",
                     lora_dir: str | None = None, on_step=None) -> dict:
-    """``model`` / ``train``: the params groups. Reads ``data_dir``/encoded, captions and clips parquet
-    files and the cache (``train.cache_dir``, else ``cache_dir``, else data/cache); writes
+    """``model`` / ``train``: the params groups. Reads ``data_dir``/encoded, captions, clips (and, when
+    there, prompts) parquet files and the cache (``train.cache_dir``, else ``cache_dir``, else data/cache); writes
     ``lora_dir`` (default ``data_dir/lora``) / ``train.run_name``."""
     from pipeline.train.loop import (
         train as train_loop,  # torch + diffusers: imported when training
@@ -32,7 +32,8 @@ def run_from_params(model: dict, train: dict, cache_dir: str | None = None, data
         schemas.read_table(data / "captions.parquet", "captions"),
     )
     out = Path(lora_dir or data / "lora") / cfg.run_name
-    return train_loop(cfg, profile, samples, CacheStore(cache_dir), out, on_step=on_step)
+    prompts = schemas.read_table(data / "prompts.parquet", "prompts") if (data / "prompts.parquet").exists() else None
+    return train_loop(cfg, profile, samples, CacheStore(cache_dir), out, on_step=on_step, prompts=prompts)
 
 
 def run(params: dict, layout: Layout, on_step=None) -> dict:

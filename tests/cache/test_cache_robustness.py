@@ -55,7 +55,7 @@ def warnings_of(caplog, logger):
 
 
 def assert_same_lora(a_dir, b_dir):
-    a, b = load_file(str(a_dir / "lora.safetensors")), load_file(str(b_dir / "lora.safetensors"))
+    a, b = load_file(str(a_dir / f"{a_dir.name}.safetensors")), load_file(str(b_dir / f"{b_dir.name}.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -155,7 +155,7 @@ def test_absurd_latents_never_reach_the_optimizer(tmp_path, caplog, monkeypatch)
     assert metrics["skipped_batches"] == len(skipped) and metrics["skipped_steps"] == len(skipped)  # batch_size 1
     assert len(seen) == 6 - len(skipped) > 0 and max(seen) <= MAX_ABS_LATENT
     assert len(read_csv(data / "lora" / "run" / "loss.csv")) - 1 == len(seen)
-    lora = load_file(str(data / "lora" / "run" / "lora.safetensors"))
+    lora = load_file(str(data / "lora" / "run" / "run.safetensors"))
     assert all(torch.isfinite(t).all() for t in lora.values())
 
 
@@ -182,7 +182,7 @@ def test_non_finite_loss_makes_no_update(tmp_path, caplog, monkeypatch):
     assert metrics["skipped_steps"] == 1 and metrics["skipped_batches"] == 0
     assert any(m.startswith("step 3: loss is nan") for m in warnings_of(caplog, "train"))
     assert [int(r[0]) for r in read_csv(data / "lora" / "run" / "loss.csv")[1:]] == [1, 2, 4, 5]
-    lora = load_file(str(data / "lora" / "run" / "lora.safetensors"))
+    lora = load_file(str(data / "lora" / "run" / "run.safetensors"))
     assert all(torch.isfinite(t).all() for t in lora.values())
 
 
@@ -380,7 +380,7 @@ def test_sigint_checkpoints_the_last_step_and_the_resumed_run_equals_an_uninterr
     out = data / "lora" / "sigint"
     text = log_path.read_text()
     assert f"SIGINT after step 3: checkpoint {out / 'checkpoints' / 'step-000003'} written" in text, text
-    assert (out / "checkpoints" / "step-000003" / "state.json").exists() and not (out / "lora.safetensors").exists()
+    assert (out / "checkpoints" / "step-000003" / "state.json").exists() and not (out / "sigint.safetensors").exists()
 
     before = signal.getsignal(signal.SIGINT)
     metrics = run_from_params(TINY, p, **kw)

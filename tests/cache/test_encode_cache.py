@@ -103,12 +103,25 @@ def test_stage_script_writes_table_metrics_and_reuses_on_rerun(tmp_path):
     assert (m["samples"], m["latents_computed"], m["texts_computed"]) == (4, 4, 4)
     table = schemas.read_table(tmp_path / "data" / "encoded.parquet", "encoded")
     assert table.height == 4 and (tmp_path / "data" / "cache").is_dir()
+    # the empty prompt (caption dropout, negative prompt of samples) is cached beside the captions
+    prompts = schemas.read_table(tmp_path / "data" / "prompts.parquet", "prompts")
+    assert prompts.select("prompt", "role").rows() == [("", "empty")] and m["prompts_computed"] == 1
+    empty = CacheStore(tmp_path / "data" / "cache").get(prompts["text_key"][0])["prompt_embeds"]
+    assert list(empty.shape) == prompts["text_shape"][0].to_list() and empty.shape[0] >= 1
     # one caption edited: exactly one text encode, no latent encode
     caps = caps.with_columns(
         pl.when(pl.col("clip_id") == "clip_a").then(pl.lit("a blue bike")).otherwise(pl.col("caption")).alias("caption"))
     schemas.write_table(caps, tmp_path / "data" / "captions.parquet", "captions")
     m = run()
     assert (m["latents_computed"], m["latents_reused"], m["texts_computed"], m["texts_reused"]) == (0, 4, 1, 3)
+    assert m["prompts_computed"] == 0
+    # train.samples' prompts are cached too (a caption with the same text would share the entry)
+    params["train"]["samples"] = ["a red bike at dusk", {"prompt": "waves"}]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    m = run()
+    prompts = schemas.read_table(tmp_path / "data" / "prompts.parquet", "prompts")
+    assert prompts.select("prompt", "role").rows() == [("", "empty"), ("a red bike at dusk", "sample"), ("waves", "sample")]
+    assert m["prompts_computed"] == 2 and m["texts_computed"] == 0
     assert vlp(["cache", "verify", "--store", str(tmp_path / "data" / "cache")]) == 0
 
 

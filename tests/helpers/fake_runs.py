@@ -30,13 +30,15 @@ def manifest_row(clip_id: str, source_id: str, source_path: str, window: int = 0
 
 def write_run(run_dir: Path, rows: list[dict], run_name: str | None = None, rank: int = 4, steps: int = 10,
               losses: list[float] | None = None, family: str = "wan2.1-t2v", experts: tuple[str, ...] = ("",)) -> Path:
-    """Write data/lora/<run>/{manifest.parquet, lora.safetensors, lora_comfy.safetensors, loss.csv, ...};
-    ``experts`` ("high", "low") writes lora_high_noise[_comfy].safetensors ... instead. Returns the first LoRA file."""
+    """Write data/lora/<run>/{manifest.parquet, <run>.safetensors, <run>_comfy.safetensors, loss.csv, ...}
+    (``<run>``: ``run_name``, by default the folder's name, as ``vlp.run_name`` says); ``experts`` ("high",
+    "low") writes <run>_high_noise[_comfy].safetensors ... instead. Returns the first LoRA file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.parquet"
     schemas.write_table(schemas.frame("manifest", rows), manifest, "manifest")
+    run_name = run_name or run_dir.name
     meta = {
-        "vlp.format": "1", "vlp.run_name": run_name or run_dir.name, "vlp.profile": "tiny", "vlp.family": family,
+        "vlp.format": "1", "vlp.run_name": run_name, "vlp.profile": "tiny", "vlp.family": family,
         "vlp.base_model": "tiny@0123abcd", "vlp.rank": str(rank), "vlp.alpha": str(rank),
         "vlp.targets": json.dumps(["to_q", "to_k", "to_v", "to_out.0"]), "vlp.steps": str(steps),
         "vlp.manifest_sha256": sha256_file(manifest), "vlp.expert": "",
@@ -44,7 +46,7 @@ def write_run(run_dir: Path, rows: list[dict], run_name: str | None = None, rank
     g = torch.Generator().manual_seed(0)
     tensors = {"blocks.0.attn1.to_q.lora_A.weight": torch.randn(rank, 16, generator=g),
                "blocks.0.attn1.to_q.lora_B.weight": torch.randn(16, rank, generator=g)}
-    stems = {"": "lora", "high": "lora_high_noise", "low": "lora_low_noise"}
+    stems = {"": run_name, "high": f"{run_name}_high_noise", "low": f"{run_name}_low_noise"}
     for expert in experts:
         stem = stems[expert]
         save_file(tensors, str(run_dir / f"{stem}.safetensors"), metadata={**meta, "vlp.expert": expert})

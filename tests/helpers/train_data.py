@@ -82,3 +82,12 @@ def make_dataset(root: Path, clips: list[dict], seed: int = 0, family: str = "wa
     schemas.write_table(schemas.frame("clips", clip_rows), data / "clips.parquet", "clips")
     schemas.write_table(schemas.frame("captions", cap_rows), data / "captions.parquet", "captions")
     return data
+
+
+def add_empty_prompt(data: Path, tokens: int = 1, seed: int = 99) -> str:
+    """Cache an "empty prompt" embedding and write data/prompts.parquet as the encode stage does; its key."""
+    key = _key("text:")
+    CacheStore(data / "cache").put(key, {"prompt_embeds": torch.randn(tokens, TEXT_DIM, generator=torch.Generator().manual_seed(seed))})
+    row = {"prompt": "", "role": "empty", "text_key": key, "text_shape": [tokens, TEXT_DIM], "text_encoder": "tiny/te@0"}
+    schemas.write_table(schemas.frame("prompts", [row]), data / "prompts.parquet", "prompts")
+    return key

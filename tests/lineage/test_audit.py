@@ -39,8 +39,8 @@ def lora_dir(tmp_path):
     loras = tmp_path / "lora"
     write_run(loras / "run_a", a_rows)
     write_run(loras / "run_b", b_rows, rank=8)
-    return {"dir": loras, "raw": raw, "srcs": srcs, "a": loras / "run_a" / "lora.safetensors",
-            "b": loras / "run_b" / "lora.safetensors"}
+    return {"dir": loras, "raw": raw, "srcs": srcs, "a": loras / "run_a" / "run_a.safetensors",
+            "b": loras / "run_b" / "run_b.safetensors"}
 
 
 def test_audit_lists_exactly_the_training_clips(lora_dir, capsys):

@@ -193,4 +193,4 @@ def test_two_expert_run_lists_each_expert(project, tmp_path):
     write_run(work / "data/lora/a14b", rows, family="wan2.2-t2v-a14b", experts=("high", "low"))
     html = _build(work).read_text()
     assert "(high-noise expert)" in html and "(low-noise expert)" in html
-    assert "lora_high_noise.safetensors" in html and "lora_low_noise.safetensors" in html
+    assert "a14b_high_noise.safetensors" in html and "a14b_low_noise.safetensors" in html

@@ -24,7 +24,7 @@ from tests.helpers.train_data import make_dataset
 CLIPS = [{"clip_id": "v0", "frames": 9}, {"clip_id": "v1", "frames": 9, "width": 96},
          {"clip_id": "p0", "kind": "image", "frames": 1, "source": "photos/p0"}]
 FAMILIES = ["tiny", "tiny-i2v", "tiny-ti2v", "tiny-t2v-a14b", "tiny-i2v-a14b"]
-FILES = {"": ["lora.safetensors"], "high": ["lora_high_noise.safetensors"], "low": ["lora_low_noise.safetensors"]}
+FILES = {"": ["run.safetensors"], "high": ["run_high_noise.safetensors"], "low": ["run_low_noise.safetensors"]}
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -102,39 +102,39 @@ def test_lora_loads_into_the_family_pipeline_and_changes_its_output(runs, name):
     pipe = family_pipeline(name)
     before = generate(pipe)
     if len(prof.experts) == 1:
-        pipe.load_lora_weights(str(out), weight_name="lora.safetensors", adapter_name="vlp")
+        pipe.load_lora_weights(str(out), weight_name="run.safetensors", adapter_name="vlp")
         after = generate(pipe)
         assert (after - before).abs().max() > 1e-3
         comfy = family_pipeline(name)  # the ComfyUI file (I2V: k_img / v_img keys) gives the same model
-        comfy.load_lora_weights(str(out), weight_name="lora_comfy.safetensors", adapter_name="comfy")
+        comfy.load_lora_weights(str(out), weight_name="run_comfy.safetensors", adapter_name="comfy")
         assert torch.allclose(generate(comfy), after, atol=1e-5)
         return
-    pipe.load_lora_weights(str(out), weight_name="lora_high_noise.safetensors", adapter_name="high")
+    pipe.load_lora_weights(str(out), weight_name="run_high_noise.safetensors", adapter_name="high")
     high = generate(pipe)
     assert (high - before).abs().max() > 1e-3
-    pipe.load_lora_weights(str(out), weight_name="lora_low_noise.safetensors", adapter_name="low",
+    pipe.load_lora_weights(str(out), weight_name="run_low_noise.safetensors", adapter_name="low",
                            load_into_transformer_2=True)
     both = generate(pipe)
     assert (both - high).abs().max() > 1e-3
     # ComfyUI files, one per expert, give the same models
     comfy = family_pipeline(name)
-    comfy.load_lora_weights(str(out), weight_name="lora_high_noise_comfy.safetensors", adapter_name="high")
-    comfy.load_lora_weights(str(out), weight_name="lora_low_noise_comfy.safetensors", adapter_name="low",
+    comfy.load_lora_weights(str(out), weight_name="run_high_noise_comfy.safetensors", adapter_name="high")
+    comfy.load_lora_weights(str(out), weight_name="run_low_noise_comfy.safetensors", adapter_name="low",
                             load_into_transformer_2=True)
     assert torch.allclose(generate(comfy), both, atol=1e-5)
 
 
 def test_i2v_lora_covers_the_image_projections_in_both_layouts(runs):
     _, out, _ = runs["tiny-i2v"]
-    diff = load_file(str(out / "lora.safetensors"))
+    diff = load_file(str(out / "run.safetensors"))
     assert "transformer.blocks.0.attn2.add_k_proj.lora_A.weight" in diff
     assert "transformer.blocks.1.attn2.add_v_proj.lora_B.weight" in diff
-    comfy = load_file(str(out / "lora_comfy.safetensors"))
+    comfy = load_file(str(out / "run_comfy.safetensors"))
     assert all(COMFY_BLOCK_KEY.match(k) for k in comfy)
     assert "diffusion_model.blocks.0.cross_attn.k_img.lora_A.weight" in comfy
     assert "diffusion_model.blocks.1.cross_attn.v_img.alpha" in comfy
     # text-to-video models have no image projections: the same default targets match nothing there
-    assert not any("add_k_proj" in k for k in load_file(str(runs["tiny-t2v-a14b"][1] / "lora_high_noise.safetensors")))
+    assert not any("add_k_proj" in k for k in load_file(str(runs["tiny-t2v-a14b"][1] / "run_high_noise.safetensors")))
 
 
 # ------------------------------------------------------------------ experts
@@ -144,10 +144,10 @@ def test_a14b_writes_one_lora_pair_per_expert_named_for_comfyui(runs):
     for name in ("tiny-t2v-a14b", "tiny-i2v-a14b"):
         _, out, metrics = runs[name]
         prof = get_profile(name)
-        assert not (out / "lora.safetensors").exists()
+        assert not (out / "run.safetensors").exists()
         sha = sha256_file(out / "manifest.parquet")
         for expert in ("high", "low"):
-            for f in (f"lora_{expert}_noise.safetensors", f"lora_{expert}_noise_comfy.safetensors"):
+            for f in (f"run_{expert}_noise.safetensors", f"run_{expert}_noise_comfy.safetensors"):
                 with safe_open(str(out / f), "pt") as fh:
                     meta = fh.metadata()
                 assert meta["vlp.expert"] == expert and meta["vlp.family"] == prof.family, f
@@ -177,9 +177,9 @@ def test_each_expert_samples_only_its_own_timesteps(tmp_path, monkeypatch):
     seen: dict[int, list[float]] = {}
     real = loop.flow_matching_loss
 
-    def spy(model, inputs, t, noise, compute, conditioning):
+    def spy(model, inputs, t, noise, compute, conditioning, *rest):
         seen.setdefault(id(model), []).extend(t.tolist())
-        return real(model, inputs, t, noise, compute, conditioning)
+        return real(model, inputs, t, noise, compute, conditioning, *rest)
 
     monkeypatch.setattr(loop, "flow_matching_loss", spy)
     clips = [{"clip_id": f"v{i}", "frames": 5} for i in range(4)]
@@ -225,25 +225,25 @@ def test_one_expert_at_a_time_and_resume_per_expert(tmp_path):
 
     with pytest.raises(Killed):
         go("resumed", on_step=kill)
-    assert (data / "lora/resumed/lora_high_noise.safetensors").exists()
-    assert not (data / "lora/resumed/lora_low_noise.safetensors").exists()
+    assert (data / "lora/resumed/resumed_high_noise.safetensors").exists()
+    assert not (data / "lora/resumed/resumed_low_noise.safetensors").exists()
     metrics = go("resumed")
     assert metrics["high"]["resumed_from_step"] == 4 and metrics["low"]["resumed_from_step"] == 2
-    for f in ("lora_high_noise.safetensors", "lora_low_noise.safetensors"):
-        a, b = load_file(str(data / "lora/straight" / f)), load_file(str(data / "lora/resumed" / f))
+    for f in ("high_noise.safetensors", "low_noise.safetensors"):
+        a, b = load_file(str(data / "lora/straight" / f"straight_{f}")), load_file(str(data / "lora/resumed" / f"resumed_{f}"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert (data / "lora/straight/loss.csv").read_text() == (data / "lora/resumed/loss.csv").read_text()
-    high, low = (load_file(str(data / f"lora/straight/lora_{e}_noise.safetensors")) for e in ("high", "low"))
+    high, low = (load_file(str(data / f"lora/straight/straight_{e}_noise.safetensors")) for e in ("high", "low"))
     assert any(not torch.equal(high[k], low[k]) for k in high)  # two experts, two different LoRAs
 
     only_low = go("resumed", extra={"expert": "low"})  # the low expert's checkpoints are reused as they are
     run = data / "lora/resumed"
-    assert not (run / "lora_high_noise.safetensors").exists() and not (run / "lora_high_noise_comfy.safetensors").exists()
+    assert not (run / "resumed_high_noise.safetensors").exists() and not (run / "resumed_high_noise_comfy.safetensors").exists()
     assert only_low["expert"] == "low" and only_low["low"]["resumed_from_step"] == 4
-    b = load_file(str(run / "lora_low_noise.safetensors"))
+    b = load_file(str(run / "resumed_low_noise.safetensors"))
     assert all(torch.equal(low[k], b[k]) for k in low)
     assert set(schemas.read_table(run / "manifest.parquet", "manifest")["expert"]) == {"low"}
-    with safe_open(str(run / "lora_low_noise.safetensors"), "pt") as fh:
+    with safe_open(str(run / "resumed_low_noise.safetensors"), "pt") as fh:
         assert fh.metadata()["vlp.manifest_sha256"] == sha256_file(run / "manifest.parquet")
 
 
@@ -348,7 +348,7 @@ def test_latents_of_another_vae_are_refused_with_a_clear_error(tmp_path):
     # the Wan 2.2 A14B T2V experts use the Wan 2.1 VAE: Wan 2.1 T2V latents train them
     metrics = run_from_params({"profile": "tiny-t2v-a14b", "path": None}, params(steps=1, expert="high"),
                               cache_dir=str(wan21 / "cache"), data_dir=str(wan21))
-    assert metrics["expert"] == "high" and (wan21 / "lora/run/lora_high_noise.safetensors").exists()
+    assert metrics["expert"] == "high" and (wan21 / "lora/run/run_high_noise.safetensors").exists()
 
 
 def test_a_transformer_of_another_family_is_refused():
@@ -379,10 +379,10 @@ def test_audit_names_family_and_expert_and_finds_expert_loras(runs, capsys):
     from pipeline.cli import main as vlp
 
     data, out, _ = runs["tiny-t2v-a14b"]
-    assert vlp(["audit", str(out / "lora_low_noise.safetensors")]) == 0
+    assert vlp(["audit", str(out / "run_low_noise.safetensors")]) == 0
     text = capsys.readouterr().out
     assert "family wan2.2-t2v-a14b" in text and "expert low (low-noise: transformer_2)" in text
-    assert vlp(["audit", str(out / "lora_high_noise.safetensors"), "--json"]) == 0
+    assert vlp(["audit", str(out / "run_high_noise.safetensors"), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
     assert js["family"] == "wan2.2-t2v-a14b" and js["expert"] == "high" and js["verified"]
     assert {s["expert"] for s in js["samples"]} == {"high+low"}
@@ -390,7 +390,7 @@ def test_audit_names_family_and_expert_and_finds_expert_loras(runs, capsys):
     assert vlp(["audit", "--source", source, "--lora-dir", str(data / "lora"), "--json"]) == 0
     used = json.loads(capsys.readouterr().out)["used_by"]
     assert sorted((u["lora"].rsplit("/", 1)[1], u["expert"], u["family"]) for u in used) == [
-        ("lora_high_noise.safetensors", "high", "wan2.2-t2v-a14b"), ("lora_low_noise.safetensors", "low", "wan2.2-t2v-a14b")]
+        ("run_high_noise.safetensors", "high", "wan2.2-t2v-a14b"), ("run_low_noise.safetensors", "low", "wan2.2-t2v-a14b")]
 
 
 @pytest.mark.parametrize("name", ["tiny-i2v", "tiny-ti2v"])

@@ -67,7 +67,7 @@ def mixed_run(tmp_path_factory):
 
 def test_run_writes_its_outputs_and_manifest(mixed_run):
     out, metrics, _ = mixed_run
-    for name in ("lora.safetensors", "lora_comfy.safetensors", "manifest.parquet", "metrics.json", "loss.csv", "eval_loss.csv"):
+    for name in ("run.safetensors", "run_comfy.safetensors", "manifest.parquet", "metrics.json", "loss.csv", "eval_loss.csv"):
         assert (out / name).exists(), name
     manifest = schemas.read_table(out / "manifest.parquet", "manifest")
     assert "v4#0" not in manifest["sample_id"].to_list()  # missing cache entry: skipped
@@ -91,16 +91,16 @@ def test_run_writes_its_outputs_and_manifest(mixed_run):
 def test_lora_files_carry_metadata_and_layouts(mixed_run):
     out, _, _ = mixed_run
     sha = sha256_file(out / "manifest.parquet")
-    for name in ("lora.safetensors", "lora_comfy.safetensors"):
+    for name in ("run.safetensors", "run_comfy.safetensors"):
         with safe_open(str(out / name), "pt") as f:
             meta = f.metadata()
         assert meta["vlp.format"] == "1" and meta["vlp.manifest_sha256"] == sha
         assert meta["vlp.base_model"] == "tiny" and meta["vlp.profile"] == "tiny" and meta["vlp.family"] == "wan2.1-t2v"
         assert meta["vlp.rank"] == "4" and float(meta["vlp.alpha"]) == 8 and meta["vlp.steps"] == "8" and meta["vlp.expert"] == ""
         assert "attn1.to_q" in json.loads(meta["vlp.targets"]) and meta["vlp.run_name"] == "run"
-    diff = load_file(str(out / "lora.safetensors"))
+    diff = load_file(str(out / "run.safetensors"))
     assert all(k.startswith("transformer.blocks.") for k in diff) and len(diff) == 2 * 2 * 10
-    comfy = load_file(str(out / "lora_comfy.safetensors"))
+    comfy = load_file(str(out / "run_comfy.safetensors"))
     assert all(COMFY_BLOCK_KEY.match(k) for k in comfy) and len(comfy) == 3 * 2 * 10
 
 
@@ -126,11 +126,11 @@ def test_lora_loads_into_wan_pipeline_and_both_files_agree(mixed_run):
     out, _, _ = mixed_run
     pipe = _tiny_pipeline()
     before = _generate(pipe)
-    pipe.load_lora_weights(str(out), weight_name="lora.safetensors", adapter_name="vlp")
+    pipe.load_lora_weights(str(out), weight_name="run.safetensors", adapter_name="vlp")
     with_lora = _generate(pipe)
     assert (with_lora - before).abs().max() > 1e-3
     pipe2 = _tiny_pipeline()
-    pipe2.load_lora_weights(str(out), weight_name="lora_comfy.safetensors", adapter_name="comfy")
+    pipe2.load_lora_weights(str(out), weight_name="run_comfy.safetensors", adapter_name="comfy")
     assert torch.allclose(_generate(pipe2), with_lora, atol=1e-5)
 
 
@@ -155,7 +155,7 @@ def test_tiny_model_overfits_one_repeated_clip(tmp_path):
     model = load_transformer(get_profile("tiny"), torch.float32)
     ts = [0.1, 0.3, 0.5, 0.7, 0.9]
     before = evaluate(model, loader, [0], ["one#0"], ts, 0, torch.device("cpu"), torch.float32)
-    model.load_lora_adapter(str(data / "lora/run/lora.safetensors"), prefix="transformer", adapter_name="vlp")
+    model.load_lora_adapter(str(data / "lora/run/run.safetensors"), prefix="transformer", adapter_name="vlp")
     after = evaluate(model, loader, [0], ["one#0"], ts, 0, torch.device("cpu"), torch.float32)
     print(f"overfit: eval loss {before:.3f} -> {after:.3f}")
     assert after < 0.75 * before, (before, after)
@@ -178,11 +178,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, caplog):
 
     with pytest.raises(Killed):
         run_from_params(TINY, {**p, "run_name": "resumed"}, cache_dir=str(data / "cache"), data_dir=str(data), on_step=kill_at_5)
-    assert not (data / "lora/resumed/lora.safetensors").exists()
+    assert not (data / "lora/resumed/resumed.safetensors").exists()
     metrics = run_from_params(TINY, {**p, "run_name": "resumed"}, cache_dir=str(data / "cache"), data_dir=str(data))
     assert metrics["resumed_from_step"] == 4
-    a = load_file(str(data / "lora/straight/lora.safetensors"))
-    b = load_file(str(data / "lora/resumed/lora.safetensors"))
+    a = load_file(str(data / "lora/straight/straight.safetensors"))
+    b = load_file(str(data / "lora/resumed/resumed.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_csv(data / "lora/straight/loss.csv") == read_csv(data / "lora/resumed/loss.csv")
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
@@ -206,8 +206,8 @@ def test_raising_steps_trains_on_from_the_last_checkpoint(tmp_path, caplog):
     assert first["resumed_from_step"] is None
     more = run_from_params(TINY, {**p, "steps": 6, "run_name": "longer"}, **run)
     assert more["resumed_from_step"] == 4 and more["steps"] == 6
-    a = load_file(str(data / "lora/straight/lora.safetensors"))
-    b = load_file(str(data / "lora/longer/lora.safetensors"))
+    a = load_file(str(data / "lora/straight/straight.safetensors"))
+    b = load_file(str(data / "lora/longer/longer.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_csv(data / "lora/straight/loss.csv") == read_csv(data / "lora/longer/loss.csv")
     assert not (data / "lora/longer/checkpoints/stale").exists()  # nothing set aside

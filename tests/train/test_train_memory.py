@@ -242,8 +242,8 @@ def test_the_stage_plans_under_a_budget_and_records_the_plan(tmp_path):
     forced, data_c = _stage_run(tmp_path / "c", blocks_to_swap=2, offload_activations=True, ffn_chunks=1)
     assert forced["memory_plan"] == "2 of 2 blocks swapped, activations offloaded"
     assert forced["swap_uploads"] > 0 and forced["offload_gib_down"] > 0
-    a = load_file(str(data / "lora/run/lora.safetensors"))
-    c = load_file(str(data_c / "lora/run/lora.safetensors"))
+    a = load_file(str(data / "lora/run/run.safetensors"))
+    c = load_file(str(data_c / "lora/run/run.safetensors"))
     assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
 
 
