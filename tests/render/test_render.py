@@ -119,3 +119,28 @@ def test_bad_sample_params_are_one_line_errors(kw, message):
 
     with pytest.raises(ParamsError, match=message):
         TrainConfig.from_params(params(**kw)).validate()
+
+
+def test_samples_are_the_same_with_blocks_swapped_and_activations_offloaded(tmp_path):
+    """Sampling runs the transformer as the memory plan left it (forward hooks bring swapped weights)."""
+    from pipeline.models.profiles import get_profile
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.estimate import MemoryPlan
+    from pipeline.train.memory import apply_memory_plan
+    from pipeline.train.sampling import SampleMaker
+    from tests.train.test_train_memory import RecordingMover, _model
+
+    data = tmp_path / "data"
+    write_prompts(data)
+    prompts = schemas.read_table(data / "prompts.parquet", "prompts")
+    cfg = TrainConfig.from_params(params())
+    got = []
+    for plan in (MemoryPlan(), MemoryPlan(blocks_to_swap=3, offload_activations=True, ffn_chunks=2)):
+        model, _ = _model()
+        apply_memory_plan(model, plan, torch.device("cpu"), True, RecordingMover())
+        maker = SampleMaker(cfg, get_profile("tiny"), prompts, CacheStore(data / "cache"), tmp_path / str(plan.blocks_to_swap),
+                            torch.device("cpu"), torch.float32)
+        got.append([load_file(str(p))["latents"] for p in maker.run(model, 2)])
+        assert model.training  # back to training mode
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
