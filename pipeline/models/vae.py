@@ -59,6 +59,12 @@ def normalize_latents(mu: torch.Tensor, vae: AutoencoderKLWan) -> torch.Tensor:
     return (mu.float() - mean) / std
 
 
+def denormalize_latents(latents: torch.Tensor, vae: AutoencoderKLWan) -> torch.Tensor:
+    """The inverse of :func:`normalize_latents` (what ``WanPipeline`` does before decoding): what ``vae.decode`` takes."""
+    mean, std = _stats(vae, latents)
+    return latents.float() * std + mean
+
+
 @torch.no_grad()
 def encode_mean(vae: AutoencoderKLWan, pixels: torch.Tensor) -> torch.Tensor:
     """Posterior mean of ``pixels`` [B, 3, F, H, W] in [-1, 1] -> normalised latents [B, C, f, h, w] (float32)."""

@@ -50,14 +50,6 @@ def read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
         return f.get_tensor("latents"), dict(f.metadata() or {})
 
 
-def denormalize_latents(latents: torch.Tensor, vae) -> torch.Tensor:
-    """Normalised latents [B, C, f, h, w] (what ``WanPipeline`` denoises) -> what ``vae.decode`` takes."""
-    c = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=latents.device).view(1, c, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=latents.device).view(1, c, 1, 1, 1)
-    return latents.float() * std + mean
-
-
 def to_frames(video: torch.Tensor) -> np.ndarray:
     """[3, F, H, W] in [-1, 1] -> [F, H, W, 3] uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -86,7 +78,7 @@ def render_samples(todo: list[SampleLatents], samples_dir: Path, profile: Profil
                    dtype: torch.dtype = torch.float32) -> tuple[int, list[str]]:
     """Decode ``todo`` to mp4 (one VAE load); (rendered, one line per sample that failed). A sample
     of another model family than ``profile``'s is a failure of that sample (its VAE would be wrong)."""
-    from pipeline.models.vae import load_vae
+    from pipeline.models.vae import denormalize_latents, load_vae
 
     if not todo:
         return 0, []

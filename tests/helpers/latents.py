@@ -6,7 +6,7 @@ import torch
 
 from pipeline.encode.buckets import Resize
 from pipeline.encode.pixels import load_frames, to_pixels
-from pipeline.render.render import denormalize_latents  # noqa: F401  (the render stage's, re-exported for the tests)
+from pipeline.models.vae import denormalize_latents  # noqa: F401  (re-exported for the tests)
 
 
 def load_sample(path: str | os.PathLike, kind: str, indices: list[int], r: Resize, size: tuple[int, int],
