@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine (Python 3.11): system packages, a virtualenv in .venv, the package.
 #   bash scripts/setup.sh        # runtime (what `dvc repro` needs)
-#   bash scripts/setup.sh test   # runtime + test tools (pytest, headless chromium for the report check)
+#   bash scripts/setup.sh test   # runtime + test tools (pytest, headless chromium for the report check) + Ray (the cluster extra, whose engine the tests run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 extra=""
-if [ "$want_test" = test ]; then extra="[test]"; fi
+if [ "$want_test" = test ]; then extra="[test,cluster]"; fi
 .venv/bin/python -m pip install -q -e ".${extra}"
 export DVC_NO_ANALYTICS=1
 echo "setup done: activate with '. .venv/bin/activate'"

@@ -96,6 +96,28 @@ def test_second_repro_has_nothing_to_do(repro):
         assert f"Stage '{stage}' didn't change, skipping" in second, (stage, second)
 
 
+def _approx(value):
+    """Floats (losses, scores) at a relative 1e-3: a float32 CPU result may differ in its last digits on
+    another CPU; counts, names and every other value must be equal."""
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    return pytest.approx(value, rel=1e-3) if isinstance(value, float) else value
+
+
+def test_committed_metrics_match_a_fresh_repro(repro):
+    """The committed baseline (data/metrics/*.json, what `dvc exp show` compares against on a fresh clone)
+    is what a clean `dvc repro` of the samples gives; nothing in it is a timing (core.timings)."""
+    work, _, _, _ = repro
+    committed = sorted(p.name for p in (REPO / "data/metrics").glob("*.json"))
+    assert {"filter.json", "caption.json", "encode.json", "train.json", "render.json"} <= set(committed)
+    for name in committed:
+        ours = json.loads((work / "data/metrics" / name).read_text())
+        assert ours == _approx(json.loads((REPO / "data/metrics" / name).read_text())), name
+    assert (work / "data/timings/caption.json").exists() and (work / "data/timings/train.json").exists()
+
+
 def test_caption_edit_reencodes_exactly_one_text(repro):
     work, _, _, env = repro
     clip = schemas.read_table(work / "data/captions.parquet", "captions")["clip_id"][0]
@@ -123,3 +145,32 @@ def test_exp_run_with_another_rank_reruns_only_train(repro):
 
     with safe_open(str(work / "data/lora/default/default.safetensors"), "pt") as f:
         assert f.metadata()["vlp.rank"] == "16"
+
+
+def _fingerprints(root: Path) -> dict[str, tuple[int, str]]:
+    """path -> (mtime_ns, sha256) of every file under ``root``."""
+    from pipeline.core.fs import sha256_file
+
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, sha256_file(p))
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_filter_only_experiment_leaves_captions_cache_and_loras_untouched(repro):
+    """README: `dvc exp run filter -S ...` re-runs filter alone; `dvc exp show` compares the kept counts."""
+    work, _, _, env = repro
+    data = work / "data"
+    kept_before = json.loads((data / "metrics/filter.json").read_text())["kept"]
+    watched = {name: _fingerprints(data / name) for name in ("cache", "lora", "captions.parts")}
+    watched["tables"] = {n: _fingerprints(data)[n] for n in ("captions.parquet", "encoded.parquet", "prompts.parquet")}
+    out = _run(["dvc", "exp", "run", "filter", "-S", "filter.min_sharpness=100", "-S", "filter.min_motion=0.03"], work, env)
+    assert "Running stage 'filter'" in out
+    for stage in ("caption", "encode", "train", "render", "report"):
+        assert f"Running stage '{stage}'" not in out, (stage, out[-2000:])
+    after = {name: _fingerprints(data / name) for name in ("cache", "lora", "captions.parts")}
+    after["tables"] = {n: _fingerprints(data)[n] for n in ("captions.parquet", "encoded.parquet", "prompts.parquet")}
+    assert after == watched
+    kept = json.loads((data / "metrics/filter.json").read_text())["kept"]
+    assert kept < kept_before
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True, check=True)
+    text = json.dumps(json.loads(shown.stdout))  # the baseline and the experiment, with their params and metrics
+    assert '"min_sharpness": 100' in text and f'"kept": {kept}' in text and f'"kept": {kept_before}' in text

@@ -65,7 +65,8 @@ def gc(args) -> int:
         keep = referenced_keys(args.keep)
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
-    garbage = store.unreferenced(keep)
+    grace_s = args.grace * 3600
+    garbage = store.unreferenced(keep, older_than_s=grace_s)
     size = 0
     for key in garbage:
         path = store.path(key)
@@ -74,7 +75,7 @@ def gc(args) -> int:
         if args.delete:
             store.delete(key)
     if args.delete:
-        for tmp in store.leftovers():
+        for tmp in store.leftovers(older_than_s=grace_s):
             tmp.unlink(missing_ok=True)
     verb = "deleted" if args.delete else "unreferenced (run with --delete to remove)"
     print(f"{len(garbage)} entries, {size / 1e6:.1f} MB {verb}; {len(keep)} keys referenced")
@@ -97,4 +98,7 @@ def register(sub) -> None:
     g.add_argument("--keep", action="append", required=True, metavar="PARQUET",
                    help="an index whose *_key columns are kept (e.g. data/encoded.parquet); repeatable")
     g.add_argument("--delete", action="store_true", help="remove them (default: only list)")
+    g.add_argument("--grace", type=float, default=1.0, metavar="HOURS",
+                   help="leave entries and temporary files younger than this alone: another process may be encoding "
+                        "into the store, its new entries not yet in its index (default 1; 0 = none)")
     g.set_defaults(run=gc)

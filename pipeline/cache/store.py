@@ -5,6 +5,13 @@ Keys are sha256 hex digests of everything that determines the tensors (see
 Writes are atomic (temporary file in the same folder, then rename), so two writers or a
 kill mid-write never leave a half-written entry. Files are read with safetensors only.
 
+Several processes (machines sharing a folder) may encode into one store at once: a reader never
+sees a partial file (an entry appears whole, by rename), two writers of one key end with one
+whole entry (the last rename wins; both wrote the same tensors), and ``vlp cache gc`` leaves
+alone what is younger than its grace period (a writer's temporary file, an entry not yet in the
+index its writer will write). A reader whose entry was removed by a gc meanwhile gets
+:class:`CacheMiss`, as for an entry never written.
+
 Entries can still be damaged on disk (a bad disk, a copy cut short, a hand edit). Two checks
 find them: :meth:`CacheStore.check_header` (cheap: size, header, key; what the encode stage runs
 before reusing an entry) and :meth:`CacheStore.verify_entry` (reads every byte and compares the
@@ -17,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -152,10 +160,10 @@ class CacheStore:
         not match the stored ``content_sha256``. The file is read, not memory-mapped: the tensors
         are the process's own (a file changed or truncated later cannot change them or crash a reader)."""
         path = self.path(key)
-        if not path.exists():
-            raise CacheMiss(f"{path}: cache entry missing (re-run the encode stage)")
         try:
             data = path.read_bytes()
+        except FileNotFoundError:  # never written, or removed by a gc since
+            raise CacheMiss(f"{path}: cache entry missing (re-run the encode stage)") from None
         except OSError as e:
             raise CacheDamaged(f"{path}: unreadable cache entry ({one_line(e)})") from None
         n = _header_length(path, data[:8], len(data))
@@ -228,16 +236,27 @@ class CacheStore:
         for key in self.keys() if keys is None else keys:
             yield key, self.verify_entry(key)
 
-    def leftovers(self) -> list[Path]:
-        """Temporary files left by a killed writer (``.tmp-*``), safe to delete when no writer runs."""
+    def leftovers(self, older_than_s: float = 0.0) -> list[Path]:
+        """Temporary files (``.tmp-*``) last written more than ``older_than_s`` seconds ago: left by a
+        killed writer (a running writer's file is younger: give a grace period when others may write)."""
         if not self.root.exists():
             return []
-        return sorted(p for sub in self.root.iterdir() if sub.is_dir() and len(sub.name) == 2 for p in sub.glob(".tmp-*"))
+        found = (p for sub in self.root.iterdir() if sub.is_dir() and len(sub.name) == 2 for p in sub.glob(".tmp-*"))
+        return sorted(p for p in found if _age_s(p) > older_than_s)
 
-    def unreferenced(self, keep: Iterable[str]) -> list[str]:
-        """Keys in the store that are not in ``keep``."""
+    def unreferenced(self, keep: Iterable[str], older_than_s: float = 0.0) -> list[str]:
+        """Keys in the store that are not in ``keep`` and were written more than ``older_than_s`` seconds
+        ago (an entry another process wrote a moment ago may not be in its index yet)."""
         keep = set(keep)
-        return [k for k in self.keys() if k not in keep]
+        return [k for k in self.keys() if k not in keep and _age_s(self.path(k)) > older_than_s]
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since ``path`` was last written (infinite when it is gone: nothing to keep it for)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def content_sha256(tensors: dict[str, torch.Tensor]) -> str:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 from tqdm import tqdm
@@ -20,6 +22,9 @@ from pipeline.caption.prompts import prompt_for, prompt_sha256
 from pipeline.caption.store import CaptionStore
 from pipeline.core import schemas
 from pipeline.core.errors import one_line
+
+if TYPE_CHECKING:
+    from pipeline.core.ray_engine import RayEngine
 
 log = logging.getLogger("caption")
 
@@ -137,6 +142,44 @@ def generate_or_split(backend: CaptionBackend, items: list[CaptionItem]) -> list
         return [out for it in items for out in generate_or_split(backend, [it])]
 
 
+def caption_loaded(backend: CaptionBackend, loaded: list[tuple[dict, Media | MediaError]],
+                   settings: RunSettings) -> dict[str, CaptionOutput]:
+    """clip_id -> the backend's answer (or the media error) for one batch of loaded clips."""
+    ready = [(c, m) for c, m in loaded if not isinstance(m, MediaError)]
+    outputs: dict[str, CaptionOutput] = {
+        c["clip_id"]: CaptionOutput(error=str(m)) for c, m in loaded if isinstance(m, MediaError)
+    }
+    if ready:
+        items = [CaptionItem(c["clip_id"], m, settings.prompt(c["kind"])) for c, m in ready]
+        results = generate_or_split(backend, items)
+        outputs.update({it.clip_id: r for it, r in zip(items, results)})
+    return outputs
+
+
+Answers = tuple[list[dict], dict[str, CaptionOutput]]  # a batch's clips and clip_id -> answer
+
+
+def _local_answers(backend: CaptionBackend, batches: list[list[dict]], settings: RunSettings) -> Iterator[Answers]:
+    """Each batch captioned in turn here, the next batch's media read in a thread meanwhile."""
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        nxt: Future | None = loader.submit(_load_batch, batches[0], settings)
+        for i in range(len(batches)):
+            assert nxt is not None  # submitted for each batch up to the last
+            loaded = nxt.result()
+            nxt = loader.submit(_load_batch, batches[i + 1], settings) if i + 1 < len(batches) else None
+            yield [c for c, _ in loaded], caption_loaded(backend, loaded, settings)
+
+
+class CaptionWorker:
+    """The backend of a Ray actor (built once, ``backend_factory()``) and what it does with a batch."""
+
+    def __init__(self, backend_factory: Callable[[], CaptionBackend], settings: RunSettings):
+        self.backend, self.settings = backend_factory(), settings
+
+    def __call__(self, batch: list[dict]) -> Answers:
+        return batch, caption_loaded(self.backend, _load_batch(batch, self.settings), self.settings)
+
+
 def caption_clips(
     dataset: pl.DataFrame,
     backend_factory,
@@ -146,12 +189,16 @@ def caption_clips(
     edits: dict[str, str],
     edits_created_at: str = "",
     backend_name: str = "transformers",
+    ray: RayEngine | None = None,
+    gpu: bool = False,
 ) -> tuple[pl.DataFrame, dict]:
     """Caption every row of ``dataset`` (columns clip_id, kind, path, fps, n_frames).
 
     ``backend_factory()`` builds the backend only when some clip needs the VLM, so a run where
     every caption is stored or edited never loads a model. Results go to ``store`` as they come;
-    an exception (or Ctrl-C) flushes what is done before it propagates.
+    an exception (or Ctrl-C) flushes what is done before it propagates. With ``ray``, the same
+    batches are captioned by a Ray actor pool (each actor builds the backend once; one GPU each
+    with ``gpu``) and the answers stored here as they come back.
     """
     missing = [c for c in NEEDED if c not in dataset.columns]
     if missing:
@@ -179,25 +226,19 @@ def caption_clips(
         len(clips), stats.edited, stats.reused, len(todo),
     )
     if todo:
-        backend = backend_factory()
-        t0 = time.perf_counter()
         batches = _batches(todo, settings.batch_size)
+        answers: Iterator[Answers]
+        if ray is None:
+            backend = backend_factory()
+            t0 = time.perf_counter()
+            answers = _local_answers(backend, batches, settings)
+        else:  # the actors build the backend: its loading counts in vlm_seconds
+            t0 = time.perf_counter()
+            answers = ray.map_actors(CaptionWorker, (backend_factory, settings), batches, name="caption", gpu=gpu)
         try:
-            with ThreadPoolExecutor(max_workers=1) as loader, tqdm(total=len(todo), desc="caption", unit="clip") as bar:
-                nxt: Future | None = loader.submit(_load_batch, batches[0], settings)
-                for i in range(len(batches)):
-                    assert nxt is not None  # submitted for each batch up to the last
-                    loaded = nxt.result()
-                    nxt = loader.submit(_load_batch, batches[i + 1], settings) if i + 1 < len(batches) else None
-                    ready = [(c, m) for c, m in loaded if not isinstance(m, MediaError)]
-                    outputs: dict[str, CaptionOutput] = {
-                        c["clip_id"]: CaptionOutput(error=str(m)) for c, m in loaded if isinstance(m, MediaError)
-                    }
-                    if ready:
-                        items = [CaptionItem(c["clip_id"], m, settings.prompt(c["kind"])) for c, m in ready]
-                        results = generate_or_split(backend, items)
-                        outputs.update({it.clip_id: r for it, r in zip(items, results)})
-                    for clip, _ in loaded:
+            with tqdm(total=len(todo), desc="caption", unit="clip") as bar:
+                for batch, outputs in answers:
+                    for clip in batch:
                         out = outputs[clip["clip_id"]]
                         if out.error:
                             log.warning("clip %s: caption failed: %s", clip["clip_id"], out.error)
@@ -206,8 +247,9 @@ def caption_clips(
                         final[clip["clip_id"]] = row
                         stats.vlm_clips += 1
                         stats.new_tokens += row["new_tokens"]
-                    bar.update(len(loaded))
+                    bar.update(len(batch))
         finally:
+            getattr(answers, "close", lambda: None)()  # stop reading ahead (local) or the Ray actors
             store.flush()  # keep every caption finished before an error or Ctrl-C
             stats.vlm_seconds = time.perf_counter() - t0
     rows = [final[c["clip_id"]] for c in clips]

@@ -101,8 +101,8 @@ def register(sub) -> None:
                       description="Set (or with an empty TEXT, remove) the human caption of a clip. It wins over the VLM "
                                   "on every run. CLIP_ID is a kept clip's id (DATA/dataset.parquet) or a unique prefix of "
                                   "it (4+ characters).")
-    e.add_argument("clip_id")
-    e.add_argument("text")
+    e.add_argument("clip_id", metavar="CLIP_ID", help="a kept clip's id or a unique prefix of it (4+ characters)")
+    e.add_argument("text", metavar="TEXT", help="the caption; '' removes the human caption")
     e.add_argument("--edits", default=None, help="edits CSV (default DATA/captions_edits.csv)")
     e.add_argument("--data", default="data", help="folder holding dataset.parquet, the kept clips (default data)")
     e.set_defaults(run=edit)

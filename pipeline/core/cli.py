@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.core.config import ParamsError
 from pipeline.core.layout import Layout
-from pipeline.core.params import load_params
+from pipeline.core.params import DEFAULT_PARAMS, load_params
 
 
 class CommandError(Exception):
@@ -29,17 +29,22 @@ class UsageError(CommandError):
 
 def add_stage_options(p: argparse.ArgumentParser, data_help: str = "folder of the tables (default data)") -> None:
     p.add_argument("--data", default="data", metavar="DIR", help=data_help)
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default params.yaml; missing: defaults)")
+    p.add_argument("--params", default=None, metavar="FILE",
+                   help="params file (default params.yaml, or the defaults where there is none)")
     p.add_argument("-S", "--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a param, as `dvc exp run -S` does (VALUE parsed as YAML); repeatable")
 
 
+# params that are one value, not a group: ``-S engine=ray``
+TOP_LEVEL_VALUES = ("engine",)
+
+
 def set_value(params: dict, item: str) -> None:
-    """Apply one ``group.key[.sub]=value`` override to ``params``."""
+    """Apply one ``group.key[.sub]=value`` (or ``engine=value``) override to ``params``."""
     key, sep, raw = item.partition("=")
     parts = key.split(".")
-    if not sep or len(parts) < 2 or not all(parts):
-        raise ParamsError(f"-S {item!r}: expected GROUP.KEY=VALUE, e.g. split.max_s=6")
+    if not sep or (len(parts) < 2 and key not in TOP_LEVEL_VALUES) or not all(parts):
+        raise ParamsError(f"-S {item!r}: expected GROUP.KEY=VALUE, e.g. split.max_s=6 (or engine=ray)")
     node: Any = params
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -49,8 +54,11 @@ def set_value(params: dict, item: str) -> None:
 
 
 def stage_params(args: argparse.Namespace) -> dict:
-    """The params file (or nothing) with the ``-S`` overrides applied."""
-    path = Path(args.params)
+    """The params file (or nothing) with the ``-S`` overrides applied. A ``--params`` file that is
+    not there is a usage error; a missing ``params.yaml`` (the default) means the defaults."""
+    path = Path(args.params or DEFAULT_PARAMS)
+    if args.params and not path.is_file():
+        raise UsageError(f"--params {args.params}: no such file")
     params = load_params(None, path) if path.exists() else {}
     for item in args.set:
         set_value(params, item)

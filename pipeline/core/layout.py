@@ -59,6 +59,10 @@ class Layout:
     def metrics(self, stage: str) -> Path:
         return self.data / "metrics" / f"{stage}.json"
 
+    def timings(self, name: str) -> Path:
+        """What this machine measured (seconds, throughput, memory): not tracked by DVC (``core.timings``)."""
+        return self.data / "timings" / f"{name}.json"
+
     # caption
     @property
     def captions(self) -> Path:
@@ -84,6 +88,10 @@ class Layout:
     @property
     def prompts(self) -> Path:
         return self.data / "prompts.parquet"
+
+    @property
+    def sample_images(self) -> Path:
+        return self.data / "sample_images.parquet"
 
     @property
     def lora(self) -> Path:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.core.config import ParamsError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -15,7 +17,15 @@ def load_params(group: str | None = None, path: str | os.PathLike = DEFAULT_PARA
     """Return the whole params file, or one group of it, as a dict."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
+        try:
+            params = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # one line: where and what, not the parser's multi-line report
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ParamsError(f"{path}: not valid YAML: {problem}{where}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of params groups, got {type(params).__name__}")
     if group is None:
         return params
     if group not in params:

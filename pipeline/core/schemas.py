@@ -44,6 +44,15 @@ SOURCES: ColumnTypes = {
     "has_audio": Bool,
     "status": Str,  # "ok" or "rejected"
     "reason": Str,  # empty when ok; one line when rejected
+    # the source's record (data/raw/sources.yaml or a <file>.yaml sidecar; pipeline/curate/probe/records.py)
+    "owner": Str,  # who owns the file ("" when no record says)
+    "licence": Str,  # SPDX id or free text ("" when no record says)
+    "consent": Str,  # whether the people in it agreed: "yes", "no", "unknown" (also: no record) or "withdrawn"
+    "subject": Str,  # who appears in it
+    "notes": Str,
+    "withdrawn_on": Str,  # ISO date of a withdrawal ("" unless withdrawn)
+    "withdrawn_reason": Str,
+    "record": Str,  # where the record came from, e.g. "sources.yaml:12, alice.mp4.yaml:1" ("" = no record)
 }
 
 # data/clips.parquet — one row per clip cut from a source (split stage).
@@ -90,14 +99,19 @@ SCORES: ColumnTypes = {
     "border_left": F64,
     "border_right": F64,
     "phash": Str,  # 64-bit perceptual hash of the middle frame, hex
+    "face_share": F64,  # share of the frames looked at (score.face_frames) with a face; null: not looked (score.faces false)
+    "face_area": F64,  # largest face's box as a share of the frame's area (0 when none)
+    "face": Bool,  # the clip shows a face: face_share >= score.face_min_share
     "status": Str,  # "ok" or "error"
     "reason": Str,
 }
 
-# data/dataset.parquet (kept clips) — clips columns + scores columns (filter stage).
+# data/dataset.parquet (kept clips) — clips columns + scores columns + the source's licence and consent (filter stage).
 DATASET: ColumnTypes = {
     **CLIPS,
     **{k: v for k, v in SCORES.items() if k not in CLIPS and k not in ("status", "reason")},
+    "licence": Str,  # the source's, as sources.parquet said when the filter ran
+    "consent": Str,
 }
 
 # data/rejected.parquet — clips that did not pass, with every reason (filter stage).
@@ -168,6 +182,10 @@ MANIFEST: ColumnTypes = {
     "held_out": Bool,
     "family": Str,  # model family the LoRA(s) were trained for, e.g. "wan2.2-t2v-a14b"
     "expert": Str,  # Wan 2.2 A14B: "high", "low" or "high+low" (both LoRA files); "" for single-expert families
+    "licence": Str,  # the clip's source's licence and consent when the LoRA was trained (dataset.parquet)
+    "consent": Str,
+    "face_share": F64,  # share of the clip's frames with a face (score stage; null: not measured)
+    "face": Bool,  # the clip shows a face
 }
 
 # data/prompts.parquet — prompt embeddings the encode stage caches beside the captions' (encode stage):
@@ -178,6 +196,21 @@ PROMPTS: ColumnTypes = {
     "text_key": Str,
     "text_shape": pl.List(I64),
     "text_encoder": Str,
+}
+
+# data/sample_images.parquet — the conditioning of train.samples' images (encode stage), for image-to-video
+# families (and Wan 2.2 TI2V-5B samples that give an image): what the diffusers pipeline's VAE (and CLIP)
+# would make of the image at the sample size, cached so training never loads them.
+SAMPLE_IMAGES: ColumnTypes = {
+    "image": Str,  # the path as written in train.samples
+    "sha256": Str,  # of the image file's bytes
+    "width": I64,  # the image's own size
+    "height": I64,
+    "bucket": pl.List(I64),  # [frames, height, width] of the samples it conditions (train.sample_*)
+    "condition": Str,  # "i2v-first-frame" (cache entry cond_latents) | "ti2v-first-latent" (entry latents)
+    "cond_key": Str,
+    "image_key": Str,  # Wan 2.1 I2V: the CLIP embedding (entry image_embeds); "" otherwise
+    "vae": Str,
 }
 
 TABLES: dict[str, ColumnTypes] = {
@@ -191,6 +224,7 @@ TABLES: dict[str, ColumnTypes] = {
     "encoded": ENCODED,
     "manifest": MANIFEST,
     "prompts": PROMPTS,
+    "sample_images": SAMPLE_IMAGES,
 }
 
 
@@ -206,6 +240,7 @@ KEYS: dict[str, str] = {
     "encoded": "sample_id",
     "manifest": "sample_id",
     "prompts": "prompt",
+    "sample_images": "image",
 }
 
 

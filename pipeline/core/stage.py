@@ -26,7 +26,11 @@ EXIT_FAILURE = 1
 
 def stage_main(name: str, run: Runner, params_path: str = "params.yaml", data: str = "data") -> int:
     """Run stage ``name``'s runner as DVC runs it; the process exit code."""
-    setup_logging()
+    try:
+        setup_logging()
+    except ValueError as e:  # VLP_LOG names no level
+        print(f"{name}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     log = logging.getLogger(name)
     try:
         run(load_params(None, params_path), Layout.of(data))

@@ -28,7 +28,7 @@ def probe(args) -> int:
     _, lay = _probe(args)
     _print(schemas.read_table(lay.sources, "sources"),
            ["path", "kind", "codec", "width", "height", "rotation", "fps", "vfr", "n_frames", "duration_s", "has_audio",
-            "status", "reason"])
+            "status", "reason", "licence", "consent"])
     print(f"wrote {lay.sources}")
     return 0
 
@@ -50,7 +50,8 @@ def score(args) -> int:
     lay = layout(args)
     run(stage_params(args), lay)
     _print(schemas.read_table(lay.scores, "scores"), ["clip_id", "duration_s", "motion", "static_fraction", "sharpness",
-                                                      "luma_mean", "luma_std", "border_top", "border_left", "phash", "status"])
+                                                      "luma_mean", "luma_std", "border_top", "border_left", "phash", "face_share",
+                                                      "face", "status"])
     print(f"wrote {lay.scores}")
     return 0
 

@@ -123,7 +123,12 @@ def pick_resolution(width: int, height: int, area: int, step: int = 16, upscale:
         bw, bh = fit[0] if fit else (width // step * step, height // step * step)
     else:
         bw, bh = cands[0]
-    scale = max(bw / width, bh / height)
-    sw = max(bw, round(width * scale))
-    sh = max(bh, round(height * scale))
-    return Resize(bw, bh, sw, sh, (sw - bw) // 2, (sh - bh) // 2)
+    return cover_resize(width, height, bw, bh)
+
+
+def cover_resize(width: int, height: int, bucket_width: int, bucket_height: int) -> Resize:
+    """How a ``width`` x ``height`` frame is resized to cover the bucket (aspect kept) and center-cropped into it."""
+    scale = max(bucket_width / width, bucket_height / height)
+    sw = max(bucket_width, round(width * scale))
+    sh = max(bucket_height, round(height * scale))
+    return Resize(bucket_width, bucket_height, sw, sh, (sw - bucket_width) // 2, (sh - bucket_height) // 2)

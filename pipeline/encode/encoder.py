@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -41,7 +41,14 @@ from pipeline.encode.pixels import load_frames, to_pixels
 from pipeline.encode.plan import Sample, assign_keys
 from pipeline.models.profiles import Profile
 
+if TYPE_CHECKING:
+    from pipeline.core.ray_engine import RayEngine
+
 log = logging.getLogger("encode")
+
+# the model passes: name -> (progress bar, Ray Data operator)
+PASSES = {"vae": ("encode latents", "encode_latents"), "image": ("encode first frames", "encode_first_frames"),
+          "text": ("encode captions", "encode_captions")}
 
 
 class TextJob(Protocol):
@@ -77,6 +84,7 @@ class Encoder:
         self.vae_fp = vae_fingerprint(profile, memo)
         self.text_fp = text_fingerprint(profile, memo)
         self.image_fp, self.processor_cfg = "", {}
+        self.ray: RayEngine | None = None  # set by use_ray: the passes run on a Ray actor pool
         if self.needs_image:
             from pipeline.models.image_encoder import (
                 image_encoder_fingerprint,
@@ -86,6 +94,20 @@ class Encoder:
 
             self.image_fp = image_encoder_fingerprint(profile, memo)
             self.processor_cfg = processor_config(load_image_processor(profile))
+
+    def use_ray(self, ray: RayEngine) -> None:
+        """Run the model passes on ``ray``'s actor pools: one actor per GPU when ``encode.device`` is a GPU, or
+        is ``auto`` and the cluster has GPUs (the keys then name the GPU's compute dtypes, as on a local GPU)."""
+        self.ray = ray
+        self.set_device(torch.device("cuda" if ray.wants_gpu(self.cfg.device) else "cpu"))
+
+    def set_device(self, device: torch.device) -> None:
+        self.device = device
+        self.compute_dtype = compute_dtype(self.store_dtype, device)
+        self.vae_compute_dtype = compute_dtype(parse_dtype(self.cfg.vae_dtype), device)
+
+    def __getstate__(self) -> dict:  # what a Ray actor gets: never the engine
+        return {**self.__dict__, "ray": None}
 
     @property
     def vae_id(self) -> str:
@@ -146,47 +168,89 @@ class Encoder:
                 bad.append({"sample_id": s.sample_id, "reason": f"{s.path}: {one_line(e, with_type=False)}"})
         return ok, frames, bad
 
+    # -- running a pass: here (one model) or on Ray (one model per actor) --------------------
+    def load_pass(self, name: str) -> tuple:
+        """The models of pass ``name``."""
+        if name == "vae":
+            return (self.load_vae(),)
+        if name == "image":
+            from pipeline.models.image_encoder import load_image_encoder
+
+            return tuple(load_image_encoder(self.profile, self.compute_dtype, self.device))
+        from pipeline.models.text_encoder import load_text_encoder
+
+        return tuple(load_text_encoder(self.profile, self.compute_dtype, self.device))
+
+    def run_batch(self, name: str, models: tuple, batch: list) -> tuple:
+        """One batch of pass ``name``; its entries are stored, and the counts come back."""
+        if name == "vae":
+            return self._vae_batch(models[0], *self._frames(batch))
+        if name == "image":
+            return self._image_batch(models[0], models[1], batch)
+        return self._text_batch(models[0], models[1], batch)
+
+    def _run_pass(self, name: str, batches: list[list]) -> Iterator[Any]:
+        """The result of each batch of pass ``name`` (any order on Ray)."""
+        desc, op = PASSES[name]
+        if self.ray is not None:
+            results = self.ray.map_actors(PassWorker, (self, name), batches, name=op, gpu=self.device.type == "cuda")
+            yield from tqdm(results, total=len(batches), desc=desc, unit="batch")
+            return
+        models = self.load_pass(name)
+        try:
+            if name == "vae":
+                reader = self._read_ahead(batches, threaded=self.device.type == "cuda")
+                for ok, frames, bad in tqdm(reader, total=len(batches), desc=desc, unit="batch"):
+                    yield self._vae_batch(models[0], ok, frames, bad)
+            else:
+                for batch in tqdm(batches, desc=desc, unit="batch"):
+                    yield self.run_batch(name, models, batch)
+        finally:
+            del models
+            free_memory(self.device)
+
     def encode_vae(self, todo: list[VaeJob]) -> tuple[int, int, list[dict]]:
         """Encode and store the latents and/or I2V conditions of ``todo``.
         Returns (latents computed, conds computed, rejected)."""
         rejected: list[dict] = []
         n_lat = n_cond = 0
-        batches = self.latent_batches(todo)
-        vae = self.load_vae()
-        try:
-            reader = self._read_ahead(batches, threaded=self.device.type == "cuda")
-            for ok, frames, bad in tqdm(reader, total=len(batches), desc="encode latents", unit="batch", disable=None):
-                rejected += bad
-                if not ok:
-                    continue
-                pixels = [to_pixels(f) for f in frames]
-                lat_idx = [i for i, j in enumerate(ok) if j.latent]
-                lat = dict(zip(lat_idx, _encode_stack(vae, [pixels[i] for i in lat_idx])))
-                # a 1-frame bucket's condition is its own pixels: reuse the latents just computed
-                cond = {i: lat[i] for i, j in enumerate(ok) if j.cond and i in lat and j.bucket[0] == 1}
-                cond_idx = [i for i, j in enumerate(ok) if j.cond and i not in cond]
-                cond_pixels = [first_frame_condition(pixels[i][:, :1], ok[i].bucket[0]) for i in cond_idx]
-                cond.update(zip(cond_idx, _encode_stack(vae, cond_pixels)))
-                for i, j in enumerate(ok):
-                    s = j.sample
-                    out = {}
-                    if j.latent:
-                        out["latents"] = lat[i].to(self.store_dtype).cpu()
-                    if j.cond:
-                        out["cond_latents"] = cond[i].to(self.store_dtype).cpu()
-                    bad_names = [n for n, t in out.items() if not all_finite(t)]
-                    if bad_names:  # the sample is rejected; a sound entry beside the bad one is still kept
-                        which = " and ".join("latent" if n == "latents" else "condition latent" for n in bad_names)
-                        rejected.append({"sample_id": s.sample_id, "reason": f"{which} has NaN or Inf values"})
-                    if "latents" in out and "latents" not in bad_names:
-                        self.store.put(s.latent_key, {"latents": out["latents"]}, self._latent_meta(s, out["latents"]))
-                        n_lat += 1
-                    if "cond_latents" in out and "cond_latents" not in bad_names:
-                        self.store.put(s.cond_key, {"cond_latents": out["cond_latents"]}, self._cond_meta(s, out["cond_latents"]))
-                        n_cond += 1
-        finally:
-            del vae
-            free_memory(self.device)
+        for a, b, rej in self._run_pass("vae", self.latent_batches(todo)):
+            n_lat, n_cond = n_lat + a, n_cond + b
+            rejected += rej
+        return n_lat, n_cond, rejected
+
+    def _vae_batch(self, vae, ok: list[VaeJob], frames: list, bad: list[dict]) -> tuple[int, int, list[dict]]:
+        """Encode and store one batch's latents and/or conditions (``frames``: of the jobs ``ok``; ``bad``: the
+        jobs whose clip could not be read). Returns (latents computed, conds computed, rejected)."""
+        rejected = list(bad)
+        n_lat = n_cond = 0
+        if not ok:
+            return 0, 0, rejected
+        pixels = [to_pixels(f) for f in frames]
+        lat_idx = [i for i, j in enumerate(ok) if j.latent]
+        lat = dict(zip(lat_idx, _encode_stack(vae, [pixels[i] for i in lat_idx])))
+        # a 1-frame bucket's condition is its own pixels: reuse the latents just computed
+        cond = {i: lat[i] for i, j in enumerate(ok) if j.cond and i in lat and j.bucket[0] == 1}
+        cond_idx = [i for i, j in enumerate(ok) if j.cond and i not in cond]
+        cond_pixels = [first_frame_condition(pixels[i][:, :1], ok[i].bucket[0]) for i in cond_idx]
+        cond.update(zip(cond_idx, _encode_stack(vae, cond_pixels)))
+        for i, j in enumerate(ok):
+            s = j.sample
+            out = {}
+            if j.latent:
+                out["latents"] = lat[i].to(self.store_dtype).cpu()
+            if j.cond:
+                out["cond_latents"] = cond[i].to(self.store_dtype).cpu()
+            bad_names = [n for n, t in out.items() if not all_finite(t)]
+            if bad_names:  # the sample is rejected; a sound entry beside the bad one is still kept
+                which = " and ".join("latent" if n == "latents" else "condition latent" for n in bad_names)
+                rejected.append({"sample_id": s.sample_id, "reason": f"{which} has NaN or Inf values"})
+            if "latents" in out and "latents" not in bad_names:
+                self.store.put(s.latent_key, {"latents": out["latents"]}, self._latent_meta(s, out["latents"]))
+                n_lat += 1
+            if "cond_latents" in out and "cond_latents" not in bad_names:
+                self.store.put(s.cond_key, {"cond_latents": out["cond_latents"]}, self._cond_meta(s, out["cond_latents"]))
+                n_cond += 1
         return n_lat, n_cond, rejected
 
     def _read_ahead(self, batches: list[list[VaeJob]], threaded: bool):
@@ -229,75 +293,74 @@ class Encoder:
     def encode_images(self, todo: list[Sample]) -> tuple[int, list[dict]]:
         """CLIP embeddings of the first frame of ``todo`` (one sample per missing key), stored as
         ``image_embeds`` [N, D]. Returns (computed, rejected)."""
-        from pipeline.models.image_encoder import (
-            HIDDEN_STATE,
-            encode_images,
-            load_image_encoder,
-        )
+        bs = max(1, int(self.cfg.image_batch_size))
+        rejected: list[dict] = []
+        computed = 0
+        for n, rej in self._run_pass("image", [todo[i : i + bs] for i in range(0, len(todo), bs)]):
+            computed += n
+            rejected += rej
+        return computed, rejected
+
+    def _image_batch(self, processor, encoder, batch: list[Sample]) -> tuple[int, list[dict]]:
+        from pipeline.models.image_encoder import HIDDEN_STATE, encode_images
 
         rejected: list[dict] = []
         computed = 0
-        bs = max(1, int(self.cfg.image_batch_size))
-        processor, encoder = load_image_encoder(self.profile, self.compute_dtype, self.device)
-        try:
-            for i in tqdm(range(0, len(todo), bs), desc="encode first frames", unit="batch", disable=None):
-                ok: list[Sample] = []
-                images: list[np.ndarray] = []
-                for s in todo[i : i + bs]:
-                    try:
-                        images.append(load_frames(s.path, s.kind, s.frame_indices[:1], s.resize, s.size, self.cfg.interpolation)[0])
-                        ok.append(s)
-                    except Exception as e:
-                        rejected.append({"sample_id": s.sample_id, "reason": f"{s.path}: {one_line(e, with_type=False)}"})
-                if not ok:
-                    continue
-                for s, emb in zip(ok, encode_images(processor, encoder, images)):
-                    emb = emb.to(self.store_dtype).cpu()
-                    if not all_finite(emb):
-                        rejected.append({"sample_id": s.sample_id, "reason": "image embedding has NaN or Inf values"})
-                        continue
-                    self.store.put(s.image_key, {"image_embeds": emb}, {
-                        **self._base_meta("image", "image_embeds", s, emb, self.image_id, self.image_fp),
-                        "frame_index": str(s.frame_indices[0]), "size": json.dumps(list(s.bucket[1:])),
-                        "hidden_state": str(HIDDEN_STATE), "processor": json.dumps(self.processor_cfg, default=str),
-                    })
-                    computed += 1
-        finally:
-            del processor, encoder
-            free_memory(self.device)
+        ok: list[Sample] = []
+        images: list[np.ndarray] = []
+        for s in batch:
+            try:
+                images.append(load_frames(s.path, s.kind, s.frame_indices[:1], s.resize, s.size, self.cfg.interpolation)[0])
+                ok.append(s)
+            except Exception as e:
+                rejected.append({"sample_id": s.sample_id, "reason": f"{s.path}: {one_line(e, with_type=False)}"})
+        if not ok:
+            return 0, rejected
+        for s, emb in zip(ok, encode_images(processor, encoder, images)):
+            emb = emb.to(self.store_dtype).cpu()
+            if not all_finite(emb):
+                rejected.append({"sample_id": s.sample_id, "reason": "image embedding has NaN or Inf values"})
+                continue
+            self.store.put(s.image_key, {"image_embeds": emb}, {
+                **self._base_meta("image", "image_embeds", s, emb, self.image_id, self.image_fp),
+                "frame_index": str(s.frame_indices[0]), "size": json.dumps(list(s.bucket[1:])),
+                "hidden_state": str(HIDDEN_STATE), "processor": json.dumps(self.processor_cfg, default=str),
+            })
+            computed += 1
         return computed, rejected
 
     # -- text pass ------------------------------------------------------------------------
     def encode_texts(self, todo: Sequence[TextJob]) -> tuple[int, list[str]]:
         """Encode and store the prompt embeddings of ``todo`` (one sample per missing key).
         Returns (computed, text keys rejected for NaN/Inf)."""
-        from pipeline.models.text_encoder import encode_prompts, load_text_encoder
+        bs = max(1, int(self.cfg.text_batch_size))
+        bad_keys: list[str] = []
+        computed = 0
+        for n, bad in self._run_pass("text", [list(todo[i : i + bs]) for i in range(0, len(todo), bs)]):
+            computed += n
+            bad_keys += bad
+        return computed, bad_keys
+
+    def _text_batch(self, tokenizer, encoder, batch: Sequence[TextJob]) -> tuple[int, list[str]]:
+        from pipeline.models.text_encoder import encode_prompts
 
         bad_keys: list[str] = []
         computed = 0
-        bs = max(1, int(self.cfg.text_batch_size))
-        tokenizer, encoder = load_text_encoder(self.profile, self.compute_dtype, self.device)
-        try:
-            for i in tqdm(range(0, len(todo), bs), desc="encode captions", unit="batch", disable=None):
-                batch = todo[i : i + bs]
-                embeds, truncated = encode_prompts(tokenizer, encoder, [s.caption for s in batch], self.max_len)
-                for s, e, cut in zip(batch, embeds, truncated):
-                    if cut:
-                        log.warning("caption of %s is longer than %d tokens; truncated", s.clip_id, self.max_len)
-                    e = e.to(self.store_dtype)
-                    if not all_finite(e):
-                        bad_keys.append(s.text_key)
-                        continue
-                    self.store.put(s.text_key, {"prompt_embeds": e}, {
-                        "kind": "text", "tensor": "prompt_embeds", "shape": json.dumps(list(e.shape)),
-                        "dtype": dtype_name(e.dtype), "format": FORMAT_VERSION, "family": self.profile.family,
-                        "model": self.text_id, "fingerprint": self.text_fp, "clip_id": s.clip_id,
-                        "caption": s.caption, "max_length": str(self.max_len), "created": now_iso(),
-                    })
-                    computed += 1
-        finally:
-            del tokenizer, encoder
-            free_memory(self.device)
+        embeds, truncated = encode_prompts(tokenizer, encoder, [s.caption for s in batch], self.max_len)
+        for s, e, cut in zip(batch, embeds, truncated):
+            if cut:
+                log.warning("caption of %s is longer than %d tokens; truncated", s.clip_id, self.max_len)
+            e = e.to(self.store_dtype)
+            if not all_finite(e):
+                bad_keys.append(s.text_key)
+                continue
+            self.store.put(s.text_key, {"prompt_embeds": e}, {
+                "kind": "text", "tensor": "prompt_embeds", "shape": json.dumps(list(e.shape)),
+                "dtype": dtype_name(e.dtype), "format": FORMAT_VERSION, "family": self.profile.family,
+                "model": self.text_id, "fingerprint": self.text_fp, "clip_id": s.clip_id,
+                "caption": s.caption, "max_length": str(self.max_len), "created": now_iso(),
+            })
+            computed += 1
         return computed, bad_keys
 
     # -- the whole stage ------------------------------------------------------------------
@@ -319,3 +382,15 @@ class Encoder:
         if key in self.damaged:
             return self.store.check_header(key) is None
         return self.store.has(key)
+
+
+class PassWorker:
+    """A Ray actor of one encode pass: the pass's models loaded once (``Encoder.load_pass``), then
+    batch after batch (``Encoder.run_batch``); entries go to the store from here, counts go back."""
+
+    def __init__(self, enc: Encoder, name: str):
+        self.enc, self.name = enc, name
+        self.models = enc.load_pass(name)
+
+    def __call__(self, batch: list) -> tuple:
+        return self.enc.run_batch(self.name, self.models, batch)

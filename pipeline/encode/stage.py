@@ -1,5 +1,6 @@
 """The encode stage's runner: kept clips + captions into the cache store and ``encoded.parquet``;
-the empty prompt and ``train.samples``' prompts into the store and ``prompts.parquet``."""
+the empty prompt and ``train.samples``' prompts into the store and ``prompts.parquet``, their images'
+conditioning (image-to-video families) into the store and ``sample_images.parquet``."""
 
 from __future__ import annotations
 
@@ -7,27 +8,38 @@ import logging
 
 from pipeline.cache.store import CacheStore
 from pipeline.core import schemas
+from pipeline.core.engine import stage_engine
 from pipeline.core.fs import write_json
 from pipeline.core.layout import Layout
+from pipeline.core.sample_size import SampleSize
 from pipeline.encode.config import EncodeConfig
 from pipeline.encode.encode import encode_samples
 from pipeline.encode.encoder import Encoder
 from pipeline.encode.plan import plan_samples
 from pipeline.encode.prompts import encode_prompts_table
+from pipeline.encode.sample_images import conditions_images, encode_sample_images
 from pipeline.models.config import ModelConfig
+from pipeline.models.profiles import Profile
 
 log = logging.getLogger("encode")
 
 
-def sample_prompts(train: dict | None) -> list[str]:
-    """The prompts of ``train.samples`` (strings, or mappings with a ``prompt``): their embeddings
-    are cached here so the train stage can make sample videos without the text encoder."""
-    out = []
+def sample_entries(train: dict | None, profile: Profile) -> list[tuple[str, str | None]]:
+    """(prompt, image or None) of each ``train.samples`` entry (a prompt, or a mapping with ``prompt``
+    and, for image-to-video families, ``image``): their embeddings and image conditions are cached here
+    so the train stage makes sample videos without the text encoder, the VAE or CLIP."""
+    out: list[tuple[str, str | None]] = []
     for i, item in enumerate((train or {}).get("samples") or []):
         prompt = item.get("prompt") if isinstance(item, dict) else item
-        if not isinstance(prompt, str):
-            raise ValueError(f"train.samples[{i}]: a prompt (text), or a mapping with 'prompt', not {item!r}")
-        out.append(prompt)
+        image = item.get("image") if isinstance(item, dict) else None
+        if not isinstance(prompt, str) or not (image is None or isinstance(image, str)):
+            raise ValueError(f"train.samples[{i}]: a prompt (text), or a mapping with 'prompt' (and 'image', a path), not {item!r}")
+        if image is None and profile.task == "i2v":
+            raise ValueError(f"train.samples[{i}]: {profile.name} makes videos from an image: give "
+                             "{prompt: ..., image: data/raw/<file>}")
+        if image is not None and not conditions_images(profile):
+            raise ValueError(f"train.samples[{i}]: {profile.name} is text-to-video; leave out 'image'")
+        out.append((prompt, image))
     return out
 
 
@@ -36,15 +48,23 @@ def run(params: dict, layout: Layout) -> dict:
     profile = ModelConfig.from_params(params.get("model")).resolve()
     store = CacheStore(cfg.cache_dir or layout.cache)
     store.root.mkdir(parents=True, exist_ok=True)
-    extra = sample_prompts(params.get("train"))  # before any work: a bad train.samples fails at once
+    entries = sample_entries(params.get("train"), profile)  # before any work: a bad train.samples fails at once
+    size = SampleSize.of(params.get("train"))
     enc = Encoder(store, profile, cfg)
     samples, skipped = plan_samples(schemas.read_table(layout.dataset, "dataset"), schemas.read_table(layout.captions, "captions"),
                                     cfg, profile, ".")
-    result = encode_samples(enc, samples, skipped)
-    schemas.write_table(result.table, layout.encoded, "encoded")
-    prompts, computed = encode_prompts_table(enc, extra)
-    schemas.write_table(prompts, layout.prompts, "prompts")
+    with stage_engine(params, "encode") as ray:
+        if ray is not None:
+            enc.use_ray(ray)
+        result = encode_samples(enc, samples, skipped)
+        schemas.write_table(result.table, layout.encoded, "encoded")
+        prompts, computed = encode_prompts_table(enc, [p for p, _ in entries])
+        schemas.write_table(prompts, layout.prompts, "prompts")
+        images, images_computed = encode_sample_images(enc, [i for _, i in entries if i], ".", size.frames, size.height,
+                                                       size.width)
+    schemas.write_table(images, layout.sample_images, "sample_images")
     result.metrics["prompts_computed"] = computed
+    result.metrics["sample_images_computed"] = images_computed
     write_json(layout.metrics("encode"), result.metrics)
     mt = result.metrics
     log.info("%s: %d samples -> %s; latents %d computed / %d reused, first-frame conditions %d / %d, "

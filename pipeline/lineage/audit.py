@@ -6,11 +6,17 @@ every sample (a window of a clip) the LoRA was trained or evaluated on. :func:`o
 reads both and refuses a manifest whose bytes changed since training, so an audit never
 reports a list that is not the one that trained the LoRA.
 
+The manifest also says, per clip, the source's licence and consent and whether the clip shows a
+face, as they stood when the LoRA was trained; the LoRA's ``vlp.consent`` metadata summarises them
+(:func:`consent_problem` checks that it does). A manifest written before those columns existed is
+read with them empty (consent ``unknown``, faces not measured).
+
 Everything below :func:`open_run` / :func:`find_runs` is a pure function over polars frames.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,7 @@ from typing import TypedDict
 
 import polars as pl
 
-from pipeline.core import schemas
+from pipeline.core import consent, schemas
 from pipeline.core.errors import one_line
 from pipeline.core.fs import sha256_file
 
@@ -31,6 +37,10 @@ COMFY_SUFFIX = "_comfy.safetensors"
 SNAPSHOTS = "snapshots"
 MANIFEST_FILE = "manifest.parquet"
 SHA_KEY = "vlp.manifest_sha256"
+CONSENT_KEY = "vlp.consent"
+# columns a manifest of an earlier version lacks, and what they read as
+LATER_COLUMNS = {"licence": pl.lit(""), "consent": pl.lit(consent.UNKNOWN), "face_share": pl.lit(None, pl.Float64),
+                 "face": pl.lit(None, pl.Boolean)}
 HEX = set("0123456789abcdef")
 
 
@@ -103,10 +113,36 @@ def open_run(lora_path: str | os.PathLike, manifest_path: str | os.PathLike | No
         if strict:
             raise AuditError(problem)
     try:
-        manifest = schemas.read_table(manifest_path, "manifest")
+        manifest = read_manifest(manifest_path)
     except Exception as exc:
         raise AuditError(f"{manifest_path}: unreadable manifest ({one_line(exc, with_type=False)})") from exc
     return Run(lora_path, manifest_path, metadata, manifest, actual, verified=not problem, problem=problem)
+
+
+def read_manifest(path: Path) -> pl.DataFrame:
+    """A manifest, checked against its schema; one written before the licence / consent / face columns
+    existed gets them empty (consent ``unknown``, faces not measured)."""
+    df = pl.read_parquet(path)
+    missing = [c for c in LATER_COLUMNS if c not in df.columns]
+    if missing and all(c in df.columns for c in schemas.MANIFEST if c not in LATER_COLUMNS):
+        df = df.with_columns([LATER_COLUMNS[c].alias(c) for c in missing]).select(list(schemas.MANIFEST))
+    return schemas.validate(df, "manifest", where=str(path))
+
+
+def consent_problem(run: Run) -> str:
+    """"" when the LoRA's ``vlp.consent`` metadata is what its manifest says (or the LoRA has none, as
+    LoRAs of earlier versions); else one line saying how they differ."""
+    stored = run.metadata.get(CONSENT_KEY)
+    if not stored:
+        return ""
+    try:
+        recorded = json.loads(stored)
+    except ValueError:
+        return f"{run.lora_path}: {CONSENT_KEY} is not JSON"
+    actual = consent.summary(run.manifest)
+    if recorded != actual:
+        return f"{run.lora_path}: {CONSENT_KEY} says {consent.describe(recorded)}, its manifest says {consent.describe(actual)}"
+    return ""
 
 
 def manifest_beside(lora_path: Path) -> Path:
@@ -159,7 +195,8 @@ def clip_rows(manifest: pl.DataFrame) -> pl.DataFrame:
             "start_frame": pl.Int64, "end_frame": pl.Int64, "start_s": pl.Float64, "end_s": pl.Float64,
             "caption": pl.String, "caption_source": pl.String, "edited": pl.Boolean, "samples": pl.UInt32,
             "sample_ids": pl.List(pl.String), "latent_keys": pl.List(pl.String), "text_keys": pl.List(pl.String),
-            "times_seen": pl.Int64, "held_out": pl.Boolean,
+            "times_seen": pl.Int64, "held_out": pl.Boolean, "licence": pl.String, "consent": pl.String,
+            "face_share": pl.Float64, "face": pl.Boolean,
         })
     return (
         manifest.with_row_index("_order")
@@ -176,6 +213,8 @@ def clip_rows(manifest: pl.DataFrame) -> pl.DataFrame:
             pl.col("text_key").unique(maintain_order=True).alias("text_keys"),
             pl.col("times_seen").sum(),
             pl.col("held_out").all(),
+            pl.col("licence").first(), pl.col("consent").first(),
+            pl.col("face_share").first(), pl.col("face").first(),
             pl.col("_order").min(),
         )
         .sort("_order")

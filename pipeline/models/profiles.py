@@ -21,7 +21,7 @@ class Profile:
     text_dim: int  # text encoder hidden size
     vae_scale_spatial: int = 8
     vae_scale_temporal: int = 4
-    max_text_tokens: int = 512
+    max_text_tokens: int = 512  # Wan's UMT5 (and the tiny stand-ins) truncate captions here
     # Conditioning: "t2v" (text only), "i2v" (first frame as VAE latents + mask, Wan 2.1 also a
     # CLIP vision embedding), "ti2v" (Wan 2.2 5B: first latent frame replaced by the image's).
     task: str = "t2v"
@@ -47,11 +47,11 @@ _I2V21: dict[str, Any] = {"task": "i2v", "image_encoder": True}
 _TI2V22: dict[str, Any] = {"task": "ti2v", "vae": "wan2.2", "vae_scale_spatial": 16, "fps": 24.0}
 _A14B_T2V: dict[str, Any] = {"experts": ("transformer", "transformer_2"), "boundary_ratio": 0.875}
 _A14B_I2V: dict[str, Any] = {"task": "i2v", "experts": ("transformer", "transformer_2"), "boundary_ratio": 0.9}
-_TINY: dict[str, Any] = {"repo": None, "text_dim": 32, "max_text_tokens": 256}
+_TINY: dict[str, Any] = {"repo": None, "text_dim": 32}  # 512 text tokens, as Wan's UMT5
 
 PROFILES: dict[str, Profile] = {
     # Wan 2.1 text-to-video
-    "tiny": Profile("tiny", "wan2.1-t2v", None, latent_channels=16, text_dim=32, max_text_tokens=256),
+    "tiny": Profile("tiny", "wan2.1-t2v", None, latent_channels=16, text_dim=32),
     "wan2.1-t2v-1.3b": Profile("wan2.1-t2v-1.3b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 16, 4096),
     "wan2.1-t2v-14b": Profile("wan2.1-t2v-14b", "wan2.1-t2v", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 16, 4096),
     # Wan 2.1 image-to-video: first frame as VAE conditioning + CLIP vision embedding

@@ -75,8 +75,10 @@ def encode_prompts(
         prompts, padding="max_length", max_length=max_length, truncation=True,
         add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
     )
-    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    truncated = [len(ids) > max_length for ids in full]
+    # one token past the limit tells a truncated prompt, without transformers' "longer than the
+    # maximum sequence length" warning that tokenizing it whole would print
+    longer = tokenizer(prompts, add_special_tokens=True, truncation=True, max_length=max_length + 1)["input_ids"]
+    truncated = [len(ids) > max_length for ids in longer]
     ids = enc.input_ids.to(encoder.device)
     mask = enc.attention_mask.to(encoder.device)
     hidden = encoder(ids, attention_mask=mask).last_hidden_state.float()

@@ -3,7 +3,8 @@
 It reads whatever tables exist (sources, clips, scores, dataset/rejected, captions) and the
 LoRA runs under ``data/lora``; a missing table only turns its part of the page into a note
 saying which stage writes it. Images live beside the page: ``thumbs/`` (three frames per clip,
-made once per clip id), ``plots/`` (score histograms) and ``runs/`` (loss curves). The report
+made once per clip id), ``plots/`` (score histograms) and ``runs/`` (loss curves); a clip's
+``<video>`` plays the clip file itself (``data/clips/``, by its path relative to the page). The report
 stage (``stages/report.py``) and ``vlp report`` (:mod:`pipeline.report.cli`) both call :func:`build_report`.
 """
 
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 
@@ -23,8 +25,15 @@ from pipeline.core import schemas
 from pipeline.core.config import load_settings, setting
 from pipeline.core.fs import write_text_atomic
 from pipeline.lineage import audit
-from pipeline.report.html import ReportPage, RunView, render
-from pipeline.report.plots import loss_png, read_curve, score_histograms
+from pipeline.report.html import ReportPage, RunView, reason_category, render
+from pipeline.report.plots import (
+    loss_overlay_png,
+    loss_png,
+    plot_frame,
+    read_curve,
+    score_histograms,
+    verdict_colors,
+)
 from pipeline.report.thumbs import ensure_thumbs
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,7 @@ TABLES = {
 }
 SCORE_COLUMNS = ("motion", "static_fraction", "sharpness", "luma_mean", "luma_std", "black_fraction", "white_fraction",
                  "border_top", "border_bottom", "border_left", "border_right")
+FACE_COLUMNS = ("face_share", "face_area", "face")  # the face flag of each clip (score stage)
 
 
 @dataclass(frozen=True)
@@ -82,10 +92,11 @@ def clip_view(clips: pl.DataFrame, scores: pl.DataFrame | None, dataset: pl.Data
                       "n_frames", "fps", "width", "height", "path", pl.col("status").alias("clip_status"),
                       pl.col("reason").alias("clip_reason"))
     if scores is not None:
-        df = df.join(scores.select("clip_id", *SCORE_COLUMNS, pl.col("status").alias("score_status"),
+        df = df.join(scores.select("clip_id", *SCORE_COLUMNS, *FACE_COLUMNS, pl.col("status").alias("score_status"),
                                    pl.col("reason").alias("score_reason")), on="clip_id", how="left")
     else:
         df = df.with_columns([pl.lit(None, pl.Float64).alias(c) for c in SCORE_COLUMNS]
+                             + [pl.lit(None, schemas.SCORES[c]).alias(c) for c in FACE_COLUMNS]
                              + [pl.lit(None, pl.String).alias("score_status"), pl.lit(None, pl.String).alias("score_reason")])
     kept = set(dataset["clip_id"].to_list()) if dataset is not None else set()
     why = dict(zip(rejected["clip_id"].to_list(), rejected["reasons"].to_list())) if rejected is not None else {}
@@ -137,15 +148,21 @@ def sample_grid(run_folder: Path, videos: Path, out_dir: Path) -> list[dict]:
     return grid
 
 
-def _runs(lora_dir: Path, out_dir: Path, samples_dir: Path | None = None) -> tuple[list[RunView], list[str]]:
+OVERLAY_PNG = "all_runs_loss.png"  # every run's loss on one chart (runs/)
+
+
+def _runs(lora_dir: Path, out_dir: Path, samples_dir: Path | None = None) -> tuple[list[RunView], list[str], str | None]:
+    """The run views, the problems found, and the overlaid loss curves of every run (a path relative to the page)."""
     runs, problems = audit.find_runs(lora_dir) if lora_dir.is_dir() else ([], [])
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     views, made = [], set()
+    curves: dict[Path, tuple[str, pl.DataFrame | None, pl.DataFrame | None]] = {}  # one per run folder (both experts')
     for run in runs:
         folder = run.lora_path.parent
         png = f"{_safe(folder.relative_to(lora_dir).as_posix())}_loss.png"  # unique even if run names repeat
         train, evals = read_curve(folder / "loss.csv", "train_loss"), read_curve(folder / "eval_loss.csv", "eval_loss")
+        curves.setdefault(folder, (run.name, train, evals))
         has_png = loss_png(train, evals, f"{run.name}: loss", runs_dir / png)
         if has_png:
             made.add(png)
@@ -161,10 +178,31 @@ def _runs(lora_dir: Path, out_dir: Path, samples_dir: Path | None = None) -> tup
                              audit.clip_rows(run.manifest), f"runs/{png}" if has_png else None,
                              metrics if isinstance(metrics, dict) else {},
                              sample_grid(folder, samples_dir / folder.name, out_dir) if samples_dir else []))
+    overlay = loss_overlay_png(list(curves.values()), runs_dir / OVERLAY_PNG)
+    if overlay:
+        made.add(OVERLAY_PNG)
     for f in runs_dir.glob("*.png"):
         if f.name not in made:
             f.unlink()
-    return views, problems
+    return views, problems, f"runs/{OVERLAY_PNG}" if overlay else None
+
+
+def verdict_labels(view: pl.DataFrame) -> dict[str, str]:
+    """clip_id -> what the histograms colour the clip by: "kept", or the rule of its first reason ("blurry",
+    "static", "duplicate"...: :func:`~pipeline.report.html.reason_category`); clips not filtered are left out."""
+    out = {}
+    for cid, verdict, reasons in view.select("clip_id", "verdict", "reasons").iter_rows():
+        if verdict == "kept":
+            out[cid] = "kept"
+        elif verdict == "rejected":
+            out[cid] = reason_category(reasons[0]) if reasons else "rejected"
+    return out
+
+
+def media_url(root: str | os.PathLike, path: str, out_dir: Path) -> str:
+    """A clip file's URL relative to the page (percent-encoded: a file name may hold spaces, '#' or '?')."""
+    rel = os.path.relpath(os.path.abspath(Path(root) / path), os.path.abspath(out_dir))
+    return quote(Path(rel).as_posix())
 
 
 def build_report(data_dir: str | os.PathLike, out_dir: str | os.PathLike, lora_dir: str | os.PathLike,
@@ -181,25 +219,30 @@ def build_report(data_dir: str | os.PathLike, out_dir: str | os.PathLike, lora_d
     if tables["clips"] is not None:
         view = clip_view(tables["clips"], tables["scores"], tables["dataset"], tables["rejected"], tables["captions"])
     thumbs: dict[str, list[str]] = {}
+    media: dict[str, str] = {}  # clip_id -> its file, relative to the page (the clips that decode: they have thumbnails)
     if view is not None:
         rows = view.filter(pl.col("clip_status") == "ok").select("clip_id", "kind", "path", "n_frames").to_dicts()
         names = ensure_thumbs(rows, root, out_dir / "thumbs", cfg.thumb_width)
         thumbs = {cid: [f"thumbs/{n}" for n in ns] for cid, ns in names.items()}
-    hists = []
+        media = {r["clip_id"]: media_url(root, r["path"], out_dir) for r in rows if r["clip_id"] in names}
+    hists, photo_hists, legend = [], [], []
     if tables["scores"] is not None:
-        status = dict(zip(view["clip_id"].to_list(), view["verdict"].to_list())) if view is not None else {}
-        status = {k: v for k, v in status.items() if v in ("kept", "rejected")}
-        hists = [(h.title, f"plots/{name}") for h, name in score_histograms(tables["scores"], status, thresholds,
-                                                                            out_dir / "plots", cfg.bins)]
-    runs, problems = _runs(Path(lora_dir), out_dir, Path(data_dir) / "samples")
+        status = verdict_labels(view) if view is not None else {}
+        made = score_histograms(tables["scores"], status, thresholds, out_dir / "plots", cfg.bins)
+        hists = [(d.title, f"plots/{name}") for d, name in made if d.kind != "image"]
+        photo_hists = [(d.title, f"plots/{name}") for d, name in made if d.kind == "image"]
+        labels = plot_frame(tables["scores"], status)["verdict"].to_list()
+        legend = [(label, color, labels.count(label)) for label, color in verdict_colors(labels).items() if label in labels]
+    runs, problems, overlay = _runs(Path(lora_dir), out_dir, Path(data_dir) / "samples")
     page = ReportPage(
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         sources=tables["sources"], clips=view, histograms=hists, thumbs=thumbs, runs=runs, missing=missing,
-        run_problems=problems,
+        run_problems=problems, photo_histograms=photo_hists, histogram_legend=legend, media=media,
+        loss_overlay=overlay,
     )
     index = out_dir / "index.html"
     write_text_atomic(index, render(page))
     log.info("report: %d sources, %d clips, %d histograms, %d runs -> %s",
              0 if tables["sources"] is None else tables["sources"].height, 0 if view is None else view.height,
-             len(hists), len(runs), index)
+             len(hists) + len(photo_hists), len(runs), index)
     return index

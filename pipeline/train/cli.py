@@ -26,14 +26,14 @@ def train(args) -> int:
 def add_estimate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", default="wan2.1-t2v-1.3b", choices=sorted(SIZES), help="model (default wan2.1-t2v-1.3b)")
     ap.add_argument("--frames", type=int, default=81, help="pixel frames, 4n+1 (default 81)")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=832)
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--height", type=int, default=480, help="pixel height (default 480)")
+    ap.add_argument("--width", type=int, default=832, help="pixel width (default 832)")
+    ap.add_argument("--batch-size", type=int, default=1, help="samples a step (default 1)")
+    ap.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
     ap.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="base weight storage (default bf16)")
     ap.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     ap.add_argument("--adamw8bit", action="store_true", help="8-bit AdamW state")
-    ap.add_argument("--text-tokens", type=int, default=512)
+    ap.add_argument("--text-tokens", type=int, default=512, help="prompt tokens a sample (default 512, as Wan pads to)")
     ap.add_argument("--gpu", default=None, help="GPU name to scale the time to, e.g. 'RTX 4090' (default H200)")
     ap.add_argument("--budget", action="append", default=[], metavar="GIB|CARD",
                     help="a memory budget in GiB (e.g. 24) or a card name (e.g. 'RTX 4090': its memory less "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from pipeline.core import sample_size
 from pipeline.core.config import ParamsError, load_settings
 from pipeline.train.lora import DEFAULT_TARGETS
 from pipeline.train.timesteps import TimestepSampler
@@ -66,11 +67,11 @@ class TrainConfig:
     log_with: str = "none"  # none | tensorboard: live logging beside the DVC plots
     save_every: int = 0  # write loadable LoRA snapshots every N steps (0 = only the final files)
     # sample videos while training (latents; the render stage decodes them)
-    samples: list = field(default_factory=list)  # prompts, or {prompt: ...}; encode caches their embeddings
+    samples: list = field(default_factory=list)  # prompts, or {prompt: ..., image: ...}; encode caches their embeddings
     sample_every: int = 0  # steps between samples (and at the last step); 0 = none
-    sample_frames: int = 33
-    sample_width: int = 832
-    sample_height: int = 480
+    sample_frames: int = sample_size.FRAMES
+    sample_width: int = sample_size.WIDTH
+    sample_height: int = sample_size.HEIGHT
     sample_steps: int = 20  # denoising steps
     sample_guidance: float = 5.0
     sample_seed: int = 42
@@ -131,9 +132,11 @@ class TrainConfig:
     def _validate_samples(self) -> None:
         for i, item in enumerate(self.samples):
             prompt = item.get("prompt") if isinstance(item, dict) else item
-            extra = set(item) - {"prompt"} if isinstance(item, dict) else set()
-            if not isinstance(prompt, str) or extra:
-                raise ParamsError(f"train.samples[{i}]: a prompt (text) or {{prompt: text}}, got {item!r}")
+            image = item.get("image") if isinstance(item, dict) else None
+            extra = set(item) - {"prompt", "image"} if isinstance(item, dict) else set()
+            if not isinstance(prompt, str) or extra or not (image is None or isinstance(image, str)):
+                raise ParamsError(f"train.samples[{i}]: a prompt (text) or {{prompt: text, image: path}} (image for "
+                                  f"image-to-video families), got {item!r}")
         ints = {"sample_every": 0, "sample_frames": 1, "sample_width": 16, "sample_height": 16, "sample_steps": 1}
         for name, low in ints.items():
             v = getattr(self, name)

@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from pipeline.cache.store import CacheStore
+from pipeline.core.consent import UNKNOWN
 from pipeline.models.compat import check_encoded_for_profile
 from pipeline.models.profiles import Profile
 from pipeline.train.conditioning import TrainInputs
@@ -57,11 +58,19 @@ def check_profile(encoded: pl.DataFrame, profile: Profile, where: str = "encoded
         raise ValueError(f"{where}: {e}") from None
 
 
-def build_samples(encoded: pl.DataFrame, clips: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
-    """The encoded rows with their provenance: source, span (from clips) and caption source (from captions)."""
+def build_samples(encoded: pl.DataFrame, clips: pl.DataFrame, captions: pl.DataFrame,
+                  dataset: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The encoded rows with their provenance: source, span (from clips), caption source (from captions)
+    and the clip's licence, consent and faces (from the kept clips, ``dataset``; without it: no licence,
+    consent ``unknown``, faces not measured)."""
     prov = clips.select("clip_id", "source_id", "source_path", "start_frame", "end_frame", "start_s", "end_s").unique("clip_id")
     cap = captions.select("clip_id", pl.col("source").alias("caption_source")).unique("clip_id")
-    out = encoded.join(prov, on="clip_id", how="left").join(cap, on="clip_id", how="left")
+    if dataset is None:
+        dataset = pl.DataFrame(schema={"clip_id": pl.String, "licence": pl.String, "consent": pl.String,
+                                       "face_share": pl.Float64, "face": pl.Boolean})
+    likeness = dataset.select("clip_id", "licence", "consent", "face_share", "face").unique("clip_id")
+    out = (encoded.join(prov, on="clip_id", how="left").join(cap, on="clip_id", how="left")
+           .join(likeness, on="clip_id", how="left"))
     missing = out.filter(pl.col("source_id").is_null())["clip_id"].unique().to_list()
     if missing:
         log.warning("%d clip(s) of encoded.parquet are not in clips.parquet; their provenance is empty: %s",
@@ -71,6 +80,7 @@ def build_samples(encoded: pl.DataFrame, clips: pl.DataFrame, captions: pl.DataF
         pl.col("start_frame").fill_null(-1), pl.col("end_frame").fill_null(-1),
         pl.col("start_s").fill_null(float("nan")), pl.col("end_s").fill_null(float("nan")),
         pl.col("caption_source").fill_null(""),
+        pl.col("licence").fill_null(""), pl.col("consent").fill_null(UNKNOWN),
     ).sort("sample_id")
 
 

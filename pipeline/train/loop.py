@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +39,10 @@ from tqdm import tqdm
 
 from pipeline.cache.store import CacheStore
 from pipeline.core import schemas
+from pipeline.core.consent import summary as consent_summary
 from pipeline.core.devices import resolve_device
 from pipeline.core.fs import sha256_file, sha256_json, write_json
+from pipeline.core.timings import split_timings
 from pipeline.models.profiles import Profile
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.conditioning import Conditioning
@@ -47,6 +50,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.data import (
     check_profile,
 )
+from pipeline.train.distributed import Ranks
 from pipeline.train.estimate import (
     video_tokens,
 )
@@ -65,6 +69,7 @@ from pipeline.train.manifest import build_manifest, times_seen
 from pipeline.train.metadata import standard_metadata
 from pipeline.train.outputs import (
     SNAPSHOTS,
+    TIMINGS,
     Curves,
     clear_other_lora_files,
     clear_snapshots,
@@ -98,24 +103,30 @@ SAVE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": 
 
 
 def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore, out_dir: str | Path,
-          on_step: Callable[[int, float], None] | None = None, prompts: pl.DataFrame | None = None) -> dict:
+          on_step: Callable[[int, float], None] | None = None, prompts: pl.DataFrame | None = None,
+          sample_images: pl.DataFrame | None = None) -> dict:
     """Train the LoRA(s) on ``samples`` (from ``data.build_samples``); write the run folder; return the metrics.
-    ``prompts``: the encode stage's ``prompts.parquet`` (the empty prompt for caption dropout).
+    ``prompts``: the encode stage's ``prompts.parquet`` (the empty prompt for caption dropout, the sample
+    prompts); ``sample_images``: its ``sample_images.parquet`` (the sample images' conditioning).
 
     ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that step; the
     loss is NaN for a step that made no update); with two experts trained in turn the second one's steps
     count on from ``train.steps``.
     """
     out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
+    ranks = Ranks.from_env()  # several processes under torchrun: data-parallel (``distributed``)
+    device = ranks.setup(resolve_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     check_profile(samples, profile)
     experts = experts_to_train(profile, cfg.expert, cfg.min_t, cfg.max_t)
+    ranks.share(cfg.grad_accum)  # a grad_accum the processes cannot share evenly fails before any work
     conditioning = Conditioning.of(profile, cfg.ti2v_mode)
-    data = prepare_data(cfg, profile, samples, store, conditioning, prompts)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_other_lora_files(out_dir, experts, cfg.run_name)
+    data = prepare_data(cfg, profile, samples, store, conditioning, prompts, sample_images)
+    if ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clear_other_lora_files(out_dir, experts, cfg.run_name)
+    ranks.barrier()
 
     # the manifest is a function of the samples and the batch plan: the same bytes for every expert
     seen = times_seen(data.plan, cfg.steps * cfg.grad_accum, data.train_rows, data.samples.height)
@@ -135,13 +146,16 @@ def train(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: Cach
         step_cb = None
         if on_step is not None:
             step_cb = (lambda offset: lambda step, loss: on_step(offset + step, loss))(i * cfg.steps)
+        # samples of the second expert denoise with the first one's LoRA, written just before
+        partner_lora = out_dir / experts[0].files(cfg.run_name)[0] if i > 0 else None
         results[expert.name] = train_expert(cfg, profile, expert, data, conditioning, out_dir, device, save_manifest,
-                                            curves, i * cfg.steps, step_cb)
+                                            curves, i * cfg.steps, step_cb, partner_lora, ranks)
     if len(experts) == 1 and not experts[0].name:
         metrics = {"family": profile.family, **results[""]}
     else:
         metrics = {"family": profile.family, "expert": expert_label(experts), **results}
-    write_json(out_dir / "metrics.json", metrics)
+    if ranks.main:  # seconds, memory and the device's name vary by machine: not in the run's files (core.timings)
+        write_json(out_dir / "metrics.json", split_timings(metrics, TIMINGS)[0])
     return metrics
 
 
@@ -158,7 +172,8 @@ def rederive_schedule(optimizer: torch.optim.Optimizer, scheduler) -> None:
 
 def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunData, conditioning: Conditioning,
                  out_dir: Path, device: torch.device, save_manifest: Callable[[], str], curves: Curves,
-                 step_offset: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
+                 step_offset: int = 0, on_step: Callable[[int, float], None] | None = None,
+                 partner_lora: Path | None = None, ranks: Ranks = Ranks()) -> dict:
     """Train one transformer's LoRA (resuming from its checkpoints), write its LoRA files and loss curves; its metrics."""
     loader, sample_ids = data.loader, data.sample_ids
     storage, _ = resolve_storage(cfg.base_storage, device)
@@ -183,9 +198,11 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     ckpt_dir = out_dir / "checkpoints" / expert.name if expert.name else out_dir / "checkpoints"
     start, train_losses, eval_losses, resumed_from = 0, [], [], None
     skipped = {"skipped_steps": 0, "skipped_batches": 0}
-    for leftover in ckpt.remove_leftovers(ckpt_dir):
+    for leftover in ckpt.remove_leftovers(ckpt_dir) if ranks.main else ():
         log.info("%s: removed (left by a checkpoint save that was killed)", leftover)
+    ranks.barrier()
     found = ckpt.resume(ckpt_dir, fingerprint, params, optimizer, scheduler, max_step=cfg.steps)
+    ranks.barrier()  # every rank has read it before rank 0 sets the others aside
     if found is not None:
         state = found["state"]
         start, resumed_from = state["step"], state["step"]
@@ -199,7 +216,8 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
             log.info("train.steps %d -> %d: the %s LR schedule is re-derived for %d steps (lr now %.3g)", saved_total,
                      cfg.steps, cfg.lr_scheduler, cfg.steps, scheduler.get_last_lr()[0])
     # checkpoints not resumed (another configuration, damaged, or after the step resumed) are kept aside
-    ckpt.set_aside(ckpt_dir, after_step=start if found is not None else -1, remove=cfg.remove_stale_checkpoints)
+    if ranks.main:
+        ckpt.set_aside(ckpt_dir, after_step=start if found is not None else -1, remove=cfg.remove_stale_checkpoints)
     if found is None:
         torch.manual_seed(seed_of("global", cfg.seed, *tag))
         if device.type == "cuda":
@@ -208,10 +226,10 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     sampler = cfg.sampler(expert.min_t, expert.max_t, expert.max_exclusive)
     eval_range = (expert.min_t, expert.max_t) if expert.name else (0.0, 1.0)
 
-    tracker = Tracker(cfg.log_with, out_dir, expert.name)
+    tracker = Tracker(cfg.log_with if ranks.main else "none", out_dir, expert.name)
 
     def run_eval(step: int) -> None:
-        if data.eval_rows and not any(s == step for s, _ in eval_losses):
+        if ranks.main and data.eval_rows and not any(s == step for s, _ in eval_losses):
             value = evaluate(model, loader, data.eval_rows, sample_ids, cfg.eval_timesteps, cfg.eval_seed, device, compute,
                              conditioning, eval_range)
             eval_losses.append((step, value))
@@ -237,7 +255,8 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
         manifest_sha256 = save_manifest()
         meta = lora_metadata(run_name=cfg.run_name, profile=profile.name, family=profile.family,
                              base_model=profile.repo or "tiny", rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets,
-                             steps=done, manifest_sha256=manifest_sha256, expert=expert.name)
+                             steps=done, manifest_sha256=manifest_sha256, expert=expert.name,
+                             consent=consent_summary(data.train_samples))
         meta.update(standard_metadata(cfg, profile, expert, data.train_samples,
                                       n_held_out=len(data.held) - len(data.train_rows), manifest_sha256=manifest_sha256,
                                       steps_done=done, optimizer=optimizer, started_at=started_at, finished_at=time.time()))
@@ -250,28 +269,34 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
             log.info("step %d: snapshot %s", done, paths[0])
 
     clear_snapshots(out_dir / SNAPSHOTS, cfg.run_name, expert, after_step=start)
-    samples = SampleMaker(cfg, profile, data.prompts, data.store, out_dir, device, compute)
-    batches = prefetch(data.plan.iterate(start * cfg.grad_accum), loader)
+    samples = SampleMaker(cfg, profile, data.prompts, data.store, out_dir, device, compute, images=data.sample_images,
+                          expert=expert, storage=storage, partner_lora=partner_lora, step_offset=step_offset)
+    # this rank's share of every step's batches (all of them in a single process)
+    batches = prefetch((b for b in data.plan.iterate(start * cfg.grad_accum) if ranks.mine(b.index)), loader)
+    share = ranks.share(cfg.grad_accum)
     step_times, started_at = [], time.time()  # started_at: this session's training start (LoRA metadata)
     bar = tqdm(range(start, cfg.steps), desc=f"train {expert.name}".rstrip(), unit="step", initial=start, total=cfg.steps,
-               disable=not cfg.progress)
+               disable=not cfg.progress or not ranks.main)
     with StopSignals() as stop:
         for step in bar:
             t0 = time.perf_counter()
             done = step + 1
-            micro_losses = []
-            for _ in range(cfg.grad_accum):
+            micro_losses, n_bad = [], 0
+            for _ in range(share):
                 batch, inputs, problem = next(batches)
                 if problem:  # the batch index is consumed all the same: the data order stays as planned
                     log.warning("step %d: batch %d skipped (samples %s): %s", done, batch.index, loader.describe(batch.rows),
                                 problem)
-                    skipped["skipped_batches"] += 1
+                    n_bad += 1
                     continue
                 inputs = inputs.to(device, non_blocking=True)
                 g = torch.Generator(device).manual_seed(seed_of("batch", cfg.seed, *tag, batch.index))
                 micro_losses.append(micro_step(model, inputs, sampler, g, compute, cfg.grad_accum, conditioning))
-            value = sum(micro_losses) / len(micro_losses) if micro_losses else math.nan
+            total, count, bad = ranks.sum([sum(micro_losses), len(micro_losses), n_bad], device)  # over the ranks
+            skipped["skipped_batches"] += int(bad)
+            value = total / count if count else math.nan
             if math.isfinite(value):
+                ranks.sum_gradients(list(params.values()))
                 optimizer_step(list(params.values()), optimizer, scheduler, cfg.max_grad_norm)
                 train_losses.append((done, value))
             else:
@@ -289,16 +314,18 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
             if cfg.eval_every > 0 and done % cfg.eval_every == 0:
                 run_eval(done)
             saved = (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0) or done == cfg.steps
-            if saved:
+            if saved and ranks.main:
                 save(done)
-            if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps:
+            if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps and ranks.main:
                 write_lora(done)
-            if samples.due(done):
+            if samples.due(done) and ranks.main:
                 samples.run(model, done)
-            if on_step is not None:
+            if on_step is not None and ranks.main:
                 on_step(done, value)
-            if stop.signum is not None:
-                path = ckpt_dir / f"{ckpt.PREFIX}{done:06d}" if saved else save(done)
+            if ranks.any(stop.signum is not None, device):
+                stop.signum = stop.signum or signal.SIGTERM  # another rank was stopped
+                path = ckpt_dir / f"{ckpt.PREFIX}{done:06d}" if saved or not ranks.main else save(done)
+                ranks.barrier()
                 log.warning("%s after step %d: checkpoint %s written; run again to resume from it", stop.name, done, path)
                 tracker.close()
                 raise stop.exception()
@@ -310,8 +337,10 @@ def train_expert(cfg: TrainConfig, profile: Profile, expert: Expert, data: RunDa
     else:
         log.info("measured peak memory %.2f GiB (%s)", peak_gib, peak_kind)
 
-    write_lora(cfg.steps)
-    curves.finish(expert, step_offset, train_losses, eval_losses)
+    samples.close()
+    if ranks.main:
+        write_lora(cfg.steps)
+        curves.finish(expert, step_offset, train_losses, eval_losses)
     tracker.close()
     metrics = run_metrics(cfg, train_losses, eval_losses, est, peak_gib, peak_kind, step_times, device,
                        len(data.train_rows), len(data.held) - len(data.train_rows),

@@ -95,8 +95,12 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def lora_metadata(*, run_name: str, profile: str, family: str, base_model: str, rank: int, alpha: float,
-                  targets: list[str], steps: int, manifest_sha256: str, expert: str = "") -> dict[str, str]:
-    """The ``vlp.*`` safetensors metadata both LoRA files carry."""
+                  targets: list[str], steps: int, manifest_sha256: str, expert: str = "",
+                  consent: dict | None = None) -> dict[str, str]:
+    """The ``vlp.*`` safetensors metadata both LoRA files carry. ``consent``: what the trained clips'
+    records say (``pipeline.core.consent.summary`` of the manifest's trained rows), as ``vlp.consent`` JSON;
+    the manifest's sha256 (``vlp.manifest_sha256``) proves it, ``vlp audit`` recomputes it."""
+    extra = {"vlp.consent": json.dumps(consent, sort_keys=True)} if consent is not None else {}
     return {
         "vlp.format": FORMAT_VERSION,
         "vlp.run_name": run_name,
@@ -109,6 +113,7 @@ def lora_metadata(*, run_name: str, profile: str, family: str, base_model: str, 
         "vlp.steps": str(steps),
         "vlp.manifest_sha256": manifest_sha256,
         "vlp.expert": expert,
+        **extra,
     }
 
 
@@ -144,3 +149,21 @@ def tensor_data_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     length and the JSON), i.e. of the tensor data alone, which the metadata does not change."""
     blob = save(state_dict)
     return hashlib.sha256(memoryview(blob)[8 + int.from_bytes(blob[:8], "little"):]).hexdigest()
+
+
+def load_lora_file(transformer: WanTransformer3DModel, path: str | Path, rank: int, alpha: float,
+                   targets: list[str]) -> None:
+    """Add the adapter ``add_lora`` makes to a frozen ``transformer`` and load a diffusers-layout file
+    ``save_lora_files`` wrote into it, frozen (for inference: the other Wan 2.2 A14B expert's LoRA
+    in sample videos). Keys that do not match the adapter are an error naming the file."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    add_lora(transformer, rank, alpha, 0.0, targets, 0)
+    weights = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"{path}: LoRA keys do not match rank {rank} / targets {targets}: "
+                         f"{(result.unexpected_keys or missing)[:2]}")
+    transformer.requires_grad_(False)

@@ -103,6 +103,12 @@ def memory_metrics(memory: MemoryRuntime, budget: float | None, device: torch.de
     return {**out, **memory.stats()}
 
 
+# what varies by machine (seconds, memory, the device's name): data/timings/train.json, not the run's metrics.json
+# nor data/metrics/train.json (``core.timings``)
+TIMINGS = frozenset({"step_s_median", "peak_memory_gib", "peak_reserved_gib", "peak_memory_kind", "device",
+                     "estimate_step_s"})
+
+
 def run_metrics(cfg, train_losses, eval_losses, est: Estimate, peak_gib, peak_kind, step_times, device,
              n_train, n_held, n_lora, resumed_from) -> dict:
     tail = [v for _, v in train_losses[-10:]]

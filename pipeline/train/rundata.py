@@ -58,6 +58,7 @@ class RunData:
     sample_ids: list[str]
     store: CacheStore | None = None
     prompts: pl.DataFrame | None = None  # prompts.parquet: the empty prompt, train.samples' prompts
+    sample_images: pl.DataFrame | None = None  # sample_images.parquet: train.samples' images' conditioning
 
     @property
     def train_samples(self) -> pl.DataFrame:
@@ -80,7 +81,8 @@ def empty_prompt_key(prompts: pl.DataFrame | None, store: CacheStore, caption_dr
 
 
 def prepare_data(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, store: CacheStore,
-                 conditioning: Conditioning, prompts: pl.DataFrame | None = None) -> RunData:
+                 conditioning: Conditioning, prompts: pl.DataFrame | None = None,
+                 sample_images: pl.DataFrame | None = None) -> RunData:
     """Drop what cannot be trained (with a logged reason), split off the held-out samples, plan the batches."""
     if not conditioning.trains_images:
         n_images = int((samples["kind"] == "image").sum())
@@ -121,4 +123,5 @@ def prepare_data(cfg: TrainConfig, profile: Profile, samples: pl.DataFrame, stor
     log.info("%d training samples (%s), %d held out; buckets: %s", len(train_rows),
              ", ".join(f"{k}: {plan.batches_per_epoch[k]} batches/epoch" for k in plan.kinds), len(held) - len(train_rows),
              ", ".join(f"{b[0]} {b[1]}x{b[2]}x{b[3]}" for b in sorted(set(plan.buckets))))
-    return RunData(samples, loader, held, train_rows, eval_rows, plan, samples["sample_id"].to_list(), store, prompts)
+    return RunData(samples, loader, held, train_rows, eval_rows, plan, samples["sample_id"].to_list(), store, prompts,
+                   sample_images)

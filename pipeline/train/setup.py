@@ -133,8 +133,9 @@ def plan_run(cfg: TrainConfig, profile: Profile, expert: Expert, tokens: int, de
 
 
 def log_plan(plan: MemoryPlan, est: Estimate, budget: float | None, biggest, device: torch.device) -> None:
-    if device.type != "cuda" and budget is None:
-        log.info("CPU run (float32 compute): %s, no GPU memory to plan for", plan.describe())
+    if device.type != "cuda":  # no GPU: no peak, time or card to claim
+        where = "no GPU memory to plan for" if budget is None else f"planned for train.vram_budget_gib {budget:.3g}"
+        log.info("%s run (float32 compute): %s, %s", device.type.upper(), plan.describe(), where)
         return
     where = f"a budget of {budget:.3g} GiB" if budget is not None else "no budget"
     log.info("memory plan for the largest bucket (latents %s) and %s: %s; %s", biggest, where, plan.describe(),

@@ -75,12 +75,12 @@ def test_gc_lists_then_deletes_unreferenced_entries(tmp_path, capsys):
     pl.DataFrame({"latent_key": [keys[2]], "text_key": [keys[1]]}).write_parquet(other)
     (store.root / keys[0][:2] / ".tmp-leftover.safetensors").write_bytes(b"half")
 
-    assert vlp(["cache", "gc", "--store", str(store.root), "--keep", str(index), "--keep", str(other)]) == 0
+    assert vlp(["cache", "gc", "--store", str(store.root), "--keep", str(index), "--keep", str(other), "--grace", "0"]) == 0
     out = capsys.readouterr().out
     assert str(store.path(keys[3])) in out and "1 entries" in out
     assert set(store.keys()) == set(keys)  # listing only
 
-    assert vlp(["cache", "gc", "--store", str(store.root), "--keep", str(index), "--delete"]) == 0
+    assert vlp(["cache", "gc", "--store", str(store.root), "--keep", str(index), "--delete", "--grace", "0"]) == 0
     assert set(store.keys()) == {keys[0], keys[1]}
     assert not store.leftovers()
     assert vlp(["cache", "gc", "--store", str(store.root), "--keep", str(tmp_path / "missing.parquet")]) == 2

@@ -11,7 +11,7 @@ import pytest
 from pipeline.caption.backends import hf
 from pipeline.caption.edits import EditsError, read_edits
 from pipeline.caption.prompts import IMAGE_PROMPT, VIDEO_PROMPT, prompt_sha256
-from pipeline.caption.stage import run_caption
+from pipeline.caption.stage import TIMINGS, run_caption
 from pipeline.caption.store import CaptionStore
 from pipeline.cli import main as vlp
 from pipeline.core import schemas
@@ -80,7 +80,7 @@ def test_tiny_model_captions_real_clips_and_photo(tmp_path, clips, tiny_dir, cal
     assert all(len(k) == 1 for k in kinds) and {"image"} in kinds
     assert all(p == (IMAGE_PROMPT if k == "image" else VIDEO_PROMPT) for batch in calls for _, k, p in batch)
     saved = json.loads((tmp_path / "out" / "metrics" / "caption.json").read_text())
-    assert saved == metrics
+    assert saved == {k: v for k, v in metrics.items() if k not in TIMINGS}  # throughput: core.timings
     assert (metrics["captioned"], metrics["failed"], metrics["reused"], metrics["edited"]) == (4, 1, 0, 0)
     assert metrics["clips_per_s"] > 0 and metrics["tokens_per_s"] > 0 and metrics["new_tokens"] >= 64
 

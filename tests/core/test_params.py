@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.caption.config import CaptionConfig
 from pipeline.core.config import ParamsError, load_settings
+from pipeline.core.engine import EngineConfig, RayConfig
 from pipeline.curate.filter.config import FilterConfig
 from pipeline.curate.probe.config import ProbeConfig
 from pipeline.curate.score.config import ScoreConfig
@@ -22,7 +23,7 @@ from pipeline.train.config import TrainConfig
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = {"probe": ProbeConfig, "split": SplitConfig, "score": ScoreConfig, "filter": FilterConfig,
           "caption": CaptionConfig, "model": ModelConfig, "encode": EncodeConfig, "train": TrainConfig,
-          "report": ReportConfig}
+          "report": ReportConfig, "ray": RayConfig}
 DEFAULT = re.compile(r"\(default (.*)\)\s*$")
 
 
@@ -49,9 +50,11 @@ def _default(cls, path: tuple[str, ...]):
 
 def test_every_group_of_params_yaml_loads_into_its_settings_class():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(params) == set(GROUPS)
+    assert set(params) == set(GROUPS) | {"engine"}  # engine: one value, not a group
     for group, cls in GROUPS.items():
         load_settings(cls, {k: v for k, v in (params[group] or {}).items() if v is not None or group != "train"}, group)
+    assert EngineConfig.from_params(params) == EngineConfig()  # the defaults: engine local, ray's defaults
+    assert re.search(r"^engine: local .*\(default local\)$", (REPO / "params.yaml").read_text(), re.M)
 
 
 def _readings(text: str) -> list:
@@ -109,6 +112,7 @@ def test_the_documented_defaults_are_the_code_defaults():
     ("model", "profile", "wan3", "model.profile: 'wan3' is not allowed"),
     ("report", "bins", "many", "report.bins: 'many' is not allowed: must be a whole number"),
     ("score", "short_sid", 3, "score.short_sid: unknown key .known: short_side"),
+    ("ray", "actors", 0, "ray.actors: 0 is not allowed: must be >= 1"),
 ])
 def test_a_bad_value_is_one_line_naming_the_key_the_value_and_what_is_allowed(group, key, value, match):
     with pytest.raises(ParamsError, match=match) as e:
@@ -119,3 +123,23 @@ def test_a_bad_value_is_one_line_naming_the_key_the_value_and_what_is_allowed(gr
 def test_settings_classes_are_plain_dataclasses():
     for cls in GROUPS.values():
         assert dataclasses.is_dataclass(cls)
+
+
+def test_a_broken_params_file_is_a_one_line_params_error(tmp_path):
+    from pipeline.core.params import load_params
+
+    broken = tmp_path / "params.yaml"
+    broken.write_text("split:\n  max_s: 6\nscore: [\n")
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(broken))}: not valid YAML: .* \(line \d+, column \d+\)$"):
+        load_params(None, broken)
+    broken.write_text("- a list\n- not groups\n")
+    with pytest.raises(ParamsError, match="expected a mapping of params groups, got list"):
+        load_params(None, broken)
+    broken.write_text("")
+    assert load_params(None, broken) == {}
+
+
+def test_engine_is_local_or_ray():
+    assert EngineConfig.from_params({"engine": "ray", "ray": {"address": "auto"}}).ray.address == "auto"
+    with pytest.raises(ParamsError, match="^params.yaml engine: 'spark' is not allowed: must be one of local, ray$"):
+        EngineConfig.from_params({"engine": "spark"})

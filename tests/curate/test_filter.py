@@ -140,6 +140,28 @@ def test_metrics_and_plot_rows(scored):
     plots = result.plot_rows
     assert plots.height == 6 and plots.filter(pl.col("kept")).height == 2
     assert set(plots.filter(~pl.col("kept"))["reason"].to_list()) >= {"duplicate", "static", "blurry"}
+    # what the DVC plot templates (.dvc/plots/) colour by and draw: the verdict (kept, or the first rule that
+    # rejected the clip) and the thresholds the rules held each clip to
+    assert plots["verdict"].to_list() == [r or "kept" for r in plots["reason"].to_list()]
+    assert plots["verdict"].to_list().count("kept") == 2
+    assert set(plots["sharpness_min"].to_list()) == {30.0} and set(plots["motion_min"].to_list()) == {0.005}
+    assert plots["duration_s_max"].to_list() == [60.0] * 6
+
+
+def test_plot_limits_per_kind():
+    from pipeline.curate.filter.filtering import LIMIT_COLUMNS, plot_limits
+
+    cfg = FilterConfig(min_sharpness=40, image_min_sharpness=90, max_duration_s=0)
+    video, image = plot_limits("video", cfg), plot_limits("image", cfg)
+    assert list(video) == list(image) == LIMIT_COLUMNS
+    assert (video["sharpness_min"], image["sharpness_min"]) == (40.0, 90.0)
+    assert video["duration_s_max"] is None and video["duration_s_min"] == 1.0  # max 0: no limit
+    assert image["motion_min"] is None and image["static_fraction_max"] is None and image["duration_s_min"] is None
+    assert (video["luma_mean_min"], video["luma_mean_max"], image["luma_std_min"]) == (30.0, 225.0, 12.0)
+    # every limit column is named after a plotted score, so a template finds "<score>_min" / "<score>_max"
+    from pipeline.curate.filter.filtering import PLOT_COLUMNS
+
+    assert {c.rsplit("_", 1)[0] for c in LIMIT_COLUMNS} <= set(PLOT_COLUMNS)
 
 
 def test_rule_reasons_read_on_their_own():
@@ -185,4 +207,4 @@ def test_stages_write_tables_metrics_and_plots(scored, tmp_path):
     metrics = json.loads((work / "data/metrics/filter.json").read_text())
     assert metrics["kept"] == 1 and metrics["rejected_by"]["duplicate"] == 1
     csv = pl.read_csv(work / "data/plots/scores.csv")
-    assert csv.height == 3 and {"motion", "sharpness", "luma_mean", "kept"} <= set(csv.columns)
+    assert csv.height == 3 and {"motion", "sharpness", "luma_mean", "kept", "verdict", "sharpness_min"} <= set(csv.columns)

@@ -273,3 +273,11 @@ def test_threaded_read_ahead_yields_the_same_batches(data, tmp_path):
     assert [[j.sample.sample_id for j in ok] for ok, _, _ in seq] == [[j.sample.sample_id for j in ok] for ok, _, _ in thr]
     assert all((a == b).all() for (_, fa, _), (_, fb, _) in zip(seq, thr) for a, b in zip(fa, fb))
     assert [bad for _, _, bad in thr if bad][0][0]["sample_id"] == "gone#0"
+
+
+def test_progress_bars_show_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """As the other stages' bars do, encode's show in a log file (DVC's output), not only on a terminal."""
+    ds, caps = small_dataset(tmp_path)
+    encode_dataset(ds, caps, CacheStore(tmp_path / "cache"), TINY, CFG, root=tmp_path)
+    err = capsys.readouterr().err
+    assert "encode latents: 100%" in err and "encode captions: 100%" in err

@@ -215,7 +215,7 @@ def test_verify_and_gc_handle_condition_and_image_entries(runs, tmp_path, capsys
     # an index of the I2V run keeps its latents, conditions, image embeddings and texts only
     index = tmp_path / "encoded.parquet"
     schemas.write_table(results["tiny-i2v"].table, index, "encoded")
-    assert vlp(["cache", "gc", "--store", str(copy.root), "--keep", str(index), "--delete"]) == 0
+    assert vlp(["cache", "gc", "--store", str(copy.root), "--keep", str(index), "--delete", "--grace", "0"]) == 0
     t = results["tiny-i2v"].table
     kept = set(t["latent_key"]) | set(t["text_key"]) | set(t["cond_key"]) | set(t["image_key"])
     assert set(copy.keys()) == kept and len(kept) == 8

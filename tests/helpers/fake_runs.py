@@ -15,7 +15,8 @@ from pipeline.core.fs import sha256_file, sha256_json
 def manifest_row(clip_id: str, source_id: str, source_path: str, window: int = 0, caption: str = "a caption",
                  caption_source: str = "vlm", held_out: bool = False, kind: str = "video", times_seen: int = 3,
                  start_frame: int = 0, end_frame: int = 50, fps: float = 25.0, family: str = "wan2.1-t2v",
-                 expert: str = "") -> dict:
+                 expert: str = "", licence: str = "", consent: str = "unknown", face_share: float | None = None,
+                 face: bool | None = None) -> dict:
     n = 1 if kind == "image" else 17
     return {
         "sample_id": f"{clip_id}#{window}", "clip_id": clip_id, "source_id": source_id, "source_path": source_path,
@@ -25,14 +26,17 @@ def manifest_row(clip_id: str, source_id: str, source_path: str, window: int = 0
         "latent_key": sha256_json(["latent", clip_id, window]), "text_key": sha256_json(["text", caption]),
         "bucket_frames": n, "bucket_height": 32, "bucket_width": 48, "times_seen": 0 if held_out else times_seen,
         "held_out": held_out, "family": family, "expert": expert,
+        "licence": licence, "consent": consent, "face_share": face_share, "face": face,
     }
 
 
 def write_run(run_dir: Path, rows: list[dict], run_name: str | None = None, rank: int = 4, steps: int = 10,
-              losses: list[float] | None = None, family: str = "wan2.1-t2v", experts: tuple[str, ...] = ("",)) -> Path:
+              losses: list[float] | None = None, family: str = "wan2.1-t2v", experts: tuple[str, ...] = ("",),
+              metadata: dict[str, str] | None = None) -> Path:
     """Write data/lora/<run>/{manifest.parquet, <run>.safetensors, <run>_comfy.safetensors, loss.csv, ...}
     (``<run>``: ``run_name``, by default the folder's name, as ``vlp.run_name`` says); ``experts`` ("high",
-    "low") writes <run>_high_noise[_comfy].safetensors ... instead. Returns the first LoRA file."""
+    "low") writes <run>_high_noise[_comfy].safetensors ... instead; ``metadata``: more header keys (e.g. kohya's
+    ``ss_learning_rate``). Returns the first LoRA file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.parquet"
     schemas.write_table(schemas.frame("manifest", rows), manifest, "manifest")
@@ -41,7 +45,7 @@ def write_run(run_dir: Path, rows: list[dict], run_name: str | None = None, rank
         "vlp.format": "1", "vlp.run_name": run_name, "vlp.profile": "tiny", "vlp.family": family,
         "vlp.base_model": "tiny@0123abcd", "vlp.rank": str(rank), "vlp.alpha": str(rank),
         "vlp.targets": json.dumps(["to_q", "to_k", "to_v", "to_out.0"]), "vlp.steps": str(steps),
-        "vlp.manifest_sha256": sha256_file(manifest), "vlp.expert": "",
+        "vlp.manifest_sha256": sha256_file(manifest), "vlp.expert": "", **(metadata or {}),
     }
     g = torch.Generator().manual_seed(0)
     tensors = {"blocks.0.attn1.to_q.lora_A.weight": torch.randn(rank, 16, generator=g),

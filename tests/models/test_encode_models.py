@@ -8,8 +8,8 @@ from pipeline.cache.store import CacheStore
 from pipeline.core.fingerprint import FileHashMemo, folder_fingerprint
 from pipeline.encode.config import EncodeConfig
 from pipeline.encode.encode import encode_dataset
-from pipeline.models.profiles import Profile, get_profile
-from pipeline.models.text_encoder import load_text_encoder
+from pipeline.models.profiles import PROFILES, Profile, get_profile
+from pipeline.models.text_encoder import encode_prompts, load_text_encoder
 from pipeline.models.tiny.umt5 import build_tiny_encoder, save_tiny_tokenizer
 from pipeline.models.tiny.vae import build_tiny_vae
 from pipeline.models.vae import load_vae, vae_fingerprint
@@ -23,7 +23,7 @@ def local_weights(folder):
     build_tiny_vae(TINY).save_pretrained(folder / "vae")
     build_tiny_encoder(TINY).save_pretrained(folder / "text_encoder")
     save_tiny_tokenizer(folder / "tokenizer", TINY)
-    return Profile("local", "wan2.1-t2v", str(folder), latent_channels=16, text_dim=32, max_text_tokens=256)
+    return Profile("local", "wan2.1-t2v", str(folder), latent_channels=16, text_dim=32)
 
 
 def test_folder_fingerprint_is_memoized_by_size_and_mtime(tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_local_folder_profile_loads_with_from_pretrained_and_encodes(tmp_path):
     assert r.table["vae"].str.starts_with(str(tmp_path / "weights")).all()
     # the same weights under another name and path are the same models: the keys do not change
     (tmp_path / "weights").rename(tmp_path / "moved")
-    moved = Profile("moved", "wan2.1-t2v", str(tmp_path / "moved"), latent_channels=16, text_dim=32, max_text_tokens=256)
+    moved = Profile("moved", "wan2.1-t2v", str(tmp_path / "moved"), latent_channels=16, text_dim=32)
     r2 = encode_dataset(ds, caps, CacheStore(tmp_path / "cache"), moved, cfg, root=tmp_path)
     assert (r2.metrics["latents_computed"], r2.metrics["texts_computed"]) == (0, 0)
     assert r2.table["latent_key"].equals(r.table["latent_key"])
@@ -78,3 +78,47 @@ def test_profile_shape_mismatch_is_refused(tmp_path):
     wrong = Profile("wrong", "wan2.1-t2v", prof.repo, latent_channels=48, text_dim=32)
     with pytest.raises(ValueError, match="z_dim"):
         load_vae(wrong)
+
+
+@pytest.fixture
+def transformers_messages():
+    """Every record of the ``transformers`` loggers (they do not propagate to the root) and every warning."""
+    import logging
+    import warnings
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("transformers")
+    handler = Keep(logging.DEBUG)
+    logger.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield records, caught
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("name", [n for n in PROFILES if n.startswith("tiny")])
+def test_tiny_text_encoders_take_512_tokens_as_wan_does(name):
+    prof = get_profile(name)
+    tok, _ = load_text_encoder(prof)
+    assert prof.max_text_tokens == 512 == tok.model_max_length == get_profile("wan2.1-t2v-1.3b").max_text_tokens
+
+
+def test_a_300_token_caption_is_embedded_whole_without_warnings(transformers_messages):
+    """The demo's captions (up to ~400 bytes, one tiny token a byte) fit; a longer one is cut at 512 and
+    flagged, without transformers' "longer than the specified maximum sequence length" warning."""
+    records, caught = transformers_messages
+    tok, enc = load_text_encoder(TINY)
+    caption = ("a red bike on a dirt road " * 12).strip()  # 311 bytes: 312 tokens of the byte-level tokenizer
+    long = "x" * 700
+    assert len(tok(caption)["input_ids"]) > 300
+    (emb, cut), flags = encode_prompts(tok, enc, [caption, long], TINY.max_text_tokens)
+    assert flags == [False, True]
+    assert emb.shape == (len(tok(caption)["input_ids"]), TINY.text_dim) and emb.shape[0] > 300
+    assert cut.shape == (512, TINY.text_dim)
+    problems = [m for m in records if "length" in m or "truncat" in m.lower()] + [str(w.message) for w in caught]
+    assert problems == []

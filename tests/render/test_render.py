@@ -97,16 +97,16 @@ def test_a_missing_prompt_embedding_is_a_one_line_error(tmp_path):
         run_from_params(TINY, params(), cache_dir=str(data / "cache"), data_dir=str(data))
 
 
-def test_families_without_text_to_video_sampling_skip_with_a_warning(tmp_path, caplog):
+def test_image_to_video_samples_without_an_image_are_a_one_line_error(tmp_path):
+    """(Samples of every family: tests/render/test_family_samples.py.)"""
     from pipeline.models.profiles import get_profile
 
-    profile = get_profile("tiny-t2v-a14b")
+    profile = get_profile("tiny-i2v")
     data = make_dataset(tmp_path, [{"clip_id": "c0", "frames": 9}], profile=profile)
     write_prompts(data)
-    run_from_params({"profile": "tiny-t2v-a14b", "path": None}, params(steps=2),
-                    cache_dir=str(data / "cache"), data_dir=str(data))
-    assert not (data / "lora" / "run" / "samples").exists()
-    assert any("sample videos are made for text-to-video families only" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match=r"train.samples\[0\]: tiny-i2v makes videos from an image"):
+        run_from_params({"profile": "tiny-i2v", "path": None}, params(steps=2), cache_dir=str(data / "cache"),
+                        data_dir=str(data))
 
 
 @pytest.mark.parametrize(("kw", "message"), [

@@ -315,3 +315,26 @@ def test_memory_trace_counts_what_a_plan_takes_off_the_device(capsys):
     out = capsys.readouterr().out
     ratios = [float(line.split()[-2]) for line in out.splitlines() if line.startswith("1.3b") and "blocks" in line]
     assert ratios and all(0.9 < r < 1.2 for r in ratios)
+
+
+@pytest.mark.parametrize("budget", [None, 12.0])
+def test_a_cpu_run_logs_no_gpu_peak_time_or_card(caplog, budget):
+    """On the CPU the plan's line says so; no "estimated peak 0.0 GiB ... on an H200" (with or without
+    train.vram_budget_gib); on a GPU the estimate is logged."""
+    import logging
+
+    from pipeline.train.estimate import Estimate
+    from pipeline.train.setup import log_plan
+
+    est = Estimate(peak_gib=0.0, step_s=0.0, weights_gib=0.0, lora_gib=0.0, activations_gib=0.0, tokens=96,
+                   gpu="an H200")
+    with caplog.at_level(logging.INFO, logger="train"):
+        log_plan(MemoryPlan(), est, budget, [16, 5, 8, 8], torch.device("cpu"))
+        cpu = caplog.text
+        caplog.clear()
+        log_plan(MemoryPlan(), est, budget, [16, 5, 8, 8], torch.device("cuda"))
+        gpu = caplog.text
+    assert "CPU run (float32 compute): everything resident" in cpu
+    assert "H200" not in cpu and "estimated peak" not in cpu and "s/step" not in cpu
+    assert ("12" in cpu) == (budget is not None)
+    assert "estimated peak 0.0 GiB" in gpu and "on an H200" in gpu

@@ -28,6 +28,8 @@ class FilterConfig:
     max_pillarbox: float = setting(0.15, min=0, max=1)
     dedup_max_distance: int = setting(6, min=-1, max=64)  # -1 = no dedup
     dedup_same_scene: bool = False
+    require_consent: bool = False  # reject every clip whose source's consent is not "yes" (withdrawn: always rejected)
+    faces_require_consent: bool = False  # reject every clip showing a face whose source's consent is not "yes"
 
     def check(self) -> None:
         for low, high in (("min_duration_s", "max_duration_s"), ("min_aspect", "max_aspect"), ("min_luma", "max_luma")):

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.core.consent import WITHDRAWN, consent_reason, lacks_consent
 from pipeline.curate.filter.config import FilterConfig
 
 
@@ -218,6 +219,39 @@ class Pillarbox:
         return None if v <= self.max_bars else f"pillarbox: left+right bars {v:.2f} > {thr(self.max_bars)}"
 
 
+class Consent:
+    """The source's consent (``consent`` joined from the sources table): a withdrawn source is always
+    rejected (``consent withdrawn``); with ``require`` so is every source whose consent is not ``yes``
+    (``consent: unknown``)."""
+
+    name = "consent"
+
+    def __init__(self, require: bool):
+        self.require = require
+
+    def __call__(self, row: dict) -> str | None:
+        consent = row.get("consent")
+        if consent == WITHDRAWN or (self.require and lacks_consent(consent)):
+            return consent_reason(consent)
+        return None
+
+
+class FaceConsent:
+    """With ``require``: a clip that shows a face (``face``, from the score stage) is rejected when its
+    source's consent is not ``yes``. A withdrawn source is left to :class:`Consent`."""
+
+    name = "face_consent"
+
+    def __init__(self, require: bool):
+        self.require = require
+
+    def __call__(self, row: dict) -> str | None:
+        consent = row.get("consent")
+        if not self.require or not row.get("face") or not lacks_consent(consent) or consent == WITHDRAWN:
+            return None
+        return f"face without consent: consent {consent or 'unknown'}, a face in {num(row['face_share'] or 0.0)} of its frames"
+
+
 def make_rules(cfg: FilterConfig) -> list[Rule]:
     """The per-clip rules of the filter stage, in the order their reasons are listed."""
     return [
@@ -235,6 +269,8 @@ def make_rules(cfg: FilterConfig) -> list[Rule]:
         WhiteFrames(cfg.max_white_fraction),
         Letterbox(cfg.max_letterbox),
         Pillarbox(cfg.max_pillarbox),
+        Consent(cfg.require_consent),
+        FaceConsent(cfg.faces_require_consent),
     ]
 
 

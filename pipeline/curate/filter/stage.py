@@ -16,7 +16,11 @@ log = logging.getLogger("filter")
 
 def run(params: dict, layout: Layout) -> FilterResult:
     cfg = FilterConfig.from_params(params.get("filter"))
-    result = filter_clips(schemas.read_table(layout.clips, "clips"), schemas.read_table(layout.scores, "scores"), cfg)
+    sources = schemas.read_table(layout.sources, "sources") if layout.sources.exists() else None
+    if sources is None:
+        log.warning("%s not found: every clip's consent is unknown", layout.sources)
+    result = filter_clips(schemas.read_table(layout.clips, "clips"), schemas.read_table(layout.scores, "scores"), cfg,
+                          sources)
     schemas.write_table(result.dataset, layout.dataset, "dataset")
     schemas.write_table(result.rejected, layout.rejected, "rejected")
     write_json(layout.metrics("filter"), result.metrics)

@@ -119,11 +119,15 @@ def _symlink(path: Path, rel: str, real_root: str, follow_outside: bool, visited
     out.append(Entry(rel, "ok", "", st.st_size, st.st_mtime_ns))
 
 
-def write_listing(path: str | os.PathLike, root: str | os.PathLike, entries: list[Entry]) -> None:
-    """The listing as JSON (the probe stage's dependency)."""
+def write_listing(path: str | os.PathLike, root: str | os.PathLike, entries: list[Entry], records: list[dict] | None = None) -> None:
+    """The listing as JSON (the probe stage's dependency); ``records``: the records files' fingerprints
+    (``records.record_files``), so that editing ``sources.yaml`` or a sidecar re-runs the probe stage."""
     from pipeline.core.fs import write_json
 
-    write_json(path, {"root": str(root), "entries": [e.as_dict() for e in entries]})
+    doc: dict = {"root": str(root), "entries": [e.as_dict() for e in entries]}
+    if records is not None:
+        doc["records"] = records
+    write_json(path, doc)
 
 
 def read_listing(path: str | os.PathLike) -> tuple[str, list[Entry]]:

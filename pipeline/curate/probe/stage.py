@@ -9,6 +9,7 @@ from pipeline.core.config import load_settings
 from pipeline.core.layout import Layout
 from pipeline.curate.probe.config import ProbeConfig
 from pipeline.curate.probe.listing import list_raw, read_listing, write_listing
+from pipeline.curate.probe.records import record_files
 from pipeline.curate.probe.table import probe_cache, probe_entries, read_probe_cache, write_probe_cache
 
 log = logging.getLogger("probe")
@@ -19,7 +20,7 @@ def run_list(params: dict, layout: Layout, raw_dir: str | None = None) -> dict:
     cfg = load_settings(ProbeConfig, params.get("probe"), "probe")
     root = raw_dir or cfg.raw_dir
     entries = list_raw(root, cfg.follow_symlinks_outside)
-    write_listing(layout.listing, root, entries)
+    write_listing(layout.listing, root, entries, record_files(root, [e.rel for e in entries]))
     ok = sum(e.status == "ok" for e in entries)
     log.info("%d media files, %d entries that cannot be sources -> %s", ok, len(entries) - ok, layout.listing)
     return {"files": ok, "not_sources": len(entries) - ok}

@@ -4,7 +4,8 @@ The folder is listed without opening anything (``listing``): entries that cannot
 (symlink loops, dangling symlinks, FIFOs, links out of the folder) become rejected rows, and
 files with the same bytes as an earlier path become ``duplicate of <path>`` rows, so every
 path has exactly one row and every ``ok`` source a distinct ``source_id``. A file whose size and
-modification time match the previous run's is not read again (``cache``).
+modification time match the previous run's is not read again (``cache``). Every row gets its
+record (owner, licence, consent...: ``records``), read again at every run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.core import schemas
 from pipeline.core.fs import write_json
 from pipeline.curate.probe.files import mark_duplicates, probe_file, rejected_row
 from pipeline.curate.probe.listing import Entry, list_raw
+from pipeline.curate.probe.records import apply_records
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def _table(rows: list[dict], root: str | os.PathLike) -> pl.DataFrame:
     for r in sorted(rows, key=lambda r: r["path"]):
         if r["status"] != "ok":
             log.warning("rejected %s: %s", Path(root) / r["path"], r["reason"])
+    rows, _ = apply_records(rows, root)  # a malformed record is logged (one line) and left out
     return schemas.frame("sources", sorted(rows, key=lambda r: r["path"]))
 
 

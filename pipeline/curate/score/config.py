@@ -19,6 +19,11 @@ class ScoreConfig:
     black_level: int = setting(24, min=0, max=255)  # luma at or below which a pixel is dark (near-black frames, bars)
     white_level: int = setting(232, min=0, max=255)  # luma at or above which a pixel is bright (near-white frames)
     pixel_share: float = setting(0.02, min=0, max=1)  # share of pixels allowed to break the black/white/bar rule
+    faces: bool = True  # look for faces (MTCNN): face_share, face_area, face; false: those columns are null
+    face_short_side: int = setting(240, min=48)  # short side of the colour frames faces are looked for in
+    face_frames: int = setting(8, min=1)  # at most this many of the sampled frames are looked at, spread evenly
+    face_min_confidence: float = setting(0.95, min=0, max=1)  # a face counts from this detector confidence on
+    face_min_share: float = setting(0.1, min=0, max=1)  # a clip shows a face when at least this share of its looked-at frames has one
     jobs: int = setting(0, min=0)  # clips in parallel; 0 = all cores
 
     def check(self) -> None:
@@ -32,4 +37,6 @@ class ScoreConfig:
 
     @property
     def sampling(self) -> FrameSampling:
-        return FrameSampling(short_side=self.short_side, sample_fps=self.sample_fps, max_frames=self.max_frames)
+        return FrameSampling(short_side=self.short_side, sample_fps=self.sample_fps, max_frames=self.max_frames,
+                             face_short_side=self.face_short_side if self.faces else 0,
+                             face_frames=self.face_frames if self.faces else 0)

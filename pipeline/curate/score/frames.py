@@ -4,13 +4,14 @@ Frames are scaled so their short side is ``short_side`` pixels (up or down), so 
 measured on the same grid whatever the clip's resolution. The sampled frames are read with
 ``pipeline.core.media`` (a few at a time, at full size: frames that are not sampled are decoded,
 as H.264 needs them, but never converted), turned to luma (full range, 0..255) and scaled with
-OpenCV, the same calls for a video frame and a photo.
+OpenCV, the same calls for a video frame and a photo. The face scorer also gets a few of the same
+frames in colour (``face_frames`` of them, spread evenly, short side ``face_short_side``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -30,6 +31,16 @@ class FrameSampling:
     short_side: int = 160  # short side of the decoded frames, in pixels
     sample_fps: float = 8.0  # frames kept per second of clip
     max_frames: int = 48  # at most this many frames, spread evenly over longer clips
+    face_short_side: int = 0  # short side of the colour frames kept for face detection (0: none kept)
+    face_frames: int = 0  # at most this many of the sampled frames are kept in colour, spread evenly
+
+    def face_positions(self, n_sampled: int) -> list[int]:
+        """Which of ``n_sampled`` sampled frames are also kept in colour (positions in the sample)."""
+        if not self.face_short_side or self.face_frames <= 0 or n_sampled <= 0:
+            return []
+        if n_sampled <= self.face_frames:
+            return list(range(n_sampled))
+        return sorted({int(round(x)) for x in np.linspace(0, n_sampled - 1, self.face_frames)})
 
     def step(self, fps: float) -> int:
         return max(1, int(round(fps / self.sample_fps))) if fps > 0 and self.sample_fps > 0 else 1
@@ -56,6 +67,7 @@ class Frames:
     width: int  # of the clip file
     height: int
     kind: str = "video"  # "video" or "image"
+    rgb: list[np.ndarray] = field(default_factory=list)  # uint8 (h, w, 3) colour frames for face detection (FrameSampling.face_positions)
 
     @property
     def duration_s(self) -> float:
@@ -81,24 +93,37 @@ def _small_gray(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA if w < width else cv2.INTER_LINEAR)
 
 
+def _small_rgb(rgb: np.ndarray, short_side: int) -> np.ndarray:
+    """An RGB frame scaled so its short side is ``short_side`` (area averaging when shrinking)."""
+    height, width = rgb.shape[:2]
+    w, h = scaled_size(width, height, short_side)
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if w < width else cv2.INTER_LINEAR)
+
+
 def _decode_video(path: Path, sampling: FrameSampling) -> Frames:
     info = video_info(path)  # frame count and times from the demuxer
     if not info.n_frames:
         raise DecodeError(f"{path}: no frame decoded")
     keep = sampling.indices(info.n_frames, info.fps)
     w, h = scaled_size(info.width, info.height, sampling.short_side)
-    gray = [_small_gray(rgb, w, h) for rgb in iter_frames(path, keep)]
+    in_colour = set(sampling.face_positions(len(keep)))
+    gray, colour = [], []
+    for k, rgb in enumerate(iter_frames(path, keep)):
+        gray.append(_small_gray(rgb, w, h))
+        if k in in_colour:
+            colour.append(_small_rgb(rgb, sampling.face_short_side))
     times = [info.times[i] for i in keep]
     return Frames(gray=gray, times=times, n_frames=info.n_frames, fps=info.fps, width=info.width,
-                  height=info.height, kind="video")
+                  height=info.height, kind="video", rgb=colour)
 
 
 def _decode_image(path: Path, sampling: FrameSampling) -> Frames:
     rgb = read_image(path)
     height, width = rgb.shape[:2]
     w, h = scaled_size(width, height, sampling.short_side)
+    colour = [_small_rgb(rgb, sampling.face_short_side)] if sampling.face_positions(1) else []
     return Frames(gray=[_small_gray(rgb, w, h)], times=[0.0], n_frames=1, fps=0.0, width=width, height=height,
-                  kind="image")
+                  kind="image", rgb=colour)
 
 
 def decode_frames(path: str | os.PathLike, kind: str = "video", sampling: FrameSampling = FrameSampling(),

@@ -15,6 +15,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from pipeline.curate.score.faces import FaceDetector
 from pipeline.curate.score.frames import Frames
 
 
@@ -160,3 +161,37 @@ class PHashScorer:
             value = (value << 1) | int(b)
         return {"phash": f"{value:016x}"}
 
+
+
+class FaceScorer:
+    """Faces in the clip's colour frames (``Frames.rgb``: a few of the sampled frames, spread evenly),
+    found with MTCNN (:mod:`~pipeline.curate.score.faces`). ``face_share``: the share of those frames
+    with a face of confidence ``min_confidence`` or more; ``face_area``: the largest such face's box
+    as a share of the frame's area (0 when none); ``face``: whether the clip counts as showing a face,
+    ``face_share`` at least ``min_share`` (and above 0). All null when no colour frame was kept
+    (``score.faces: false``). Detection runs on frames of a fixed short side (``score.face_short_side``),
+    so ``min_face`` (pixels, MTCNN's smallest face) is a fixed share of the frame at any resolution."""
+
+    columns = ("face_share", "face_area", "face")
+
+    def __init__(self, min_confidence: float = 0.95, min_share: float = 0.1, min_face: int = 20, enabled: bool = True):
+        self.min_confidence = min_confidence
+        self.min_share = min_share
+        self.detector = FaceDetector(min_face=min_face) if enabled else None
+
+    def largest(self, images: list[np.ndarray]) -> list[float]:
+        """The largest confident face of each frame, as a share of the frame's area (0.0: none)."""
+        if self.detector is None:
+            raise ValueError("face detection is off (score.faces: false)")
+        out = []
+        for rgb, faces in zip(images, self.detector.detect_many(images)):
+            sure = [f.area for f in faces if f.confidence >= self.min_confidence]
+            out.append(max(sure, default=0.0) / float(rgb.shape[0] * rgb.shape[1]))
+        return out
+
+    def __call__(self, frames: Frames) -> dict:
+        if not frames.rgb or self.detector is None:
+            return dict.fromkeys(self.columns)
+        areas = self.largest(frames.rgb)
+        share = sum(a > 0 for a in areas) / len(areas)
+        return {"face_share": share, "face_area": max(areas), "face": share > 0 and share >= self.min_share}

@@ -11,6 +11,7 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from tqdm import tqdm
@@ -19,7 +20,18 @@ from pipeline.core import schemas
 from pipeline.core.errors import one_line
 from pipeline.curate.score.config import ScoreConfig
 from pipeline.curate.score.frames import decode_frames
-from pipeline.curate.score.scorers import BorderScorer, ExposureScorer, MotionScorer, PHashScorer, Scorer, SharpnessScorer
+from pipeline.curate.score.scorers import (
+    BorderScorer,
+    ExposureScorer,
+    FaceScorer,
+    MotionScorer,
+    PHashScorer,
+    Scorer,
+    SharpnessScorer,
+)
+
+if TYPE_CHECKING:
+    from pipeline.core.ray_engine import RayEngine
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,7 @@ def make_scorers(cfg: ScoreConfig) -> list[Scorer]:
         ExposureScorer(black_level=cfg.black_level, white_level=cfg.white_level, pixel_share=cfg.pixel_share),
         BorderScorer(dark_level=cfg.black_level, pixel_share=cfg.pixel_share),
         PHashScorer(),
+        FaceScorer(min_confidence=cfg.face_min_confidence, min_share=cfg.face_min_share, enabled=cfg.faces),
     ]
 
 
@@ -82,8 +95,10 @@ def _score_one(args) -> dict:
 
 
 def score_clips(clips: pl.DataFrame, root: str | os.PathLike = ".", cfg: ScoreConfig = ScoreConfig(),
-                jobs: int = 1) -> pl.DataFrame:
-    """Score every ``ok`` clip of a clips table; return the scores table (sorted by clip_id)."""
+                jobs: int = 1, ray: RayEngine | None = None) -> pl.DataFrame:
+    """Score every ``ok`` clip of a clips table; return the scores table (sorted by clip_id).
+    With ``ray``, clips are scored as Ray tasks (the same function) instead of ``jobs`` local processes."""
+    make_scorers(cfg)  # a missing face model fails here, once, not in every clip's worker
     ok = clips.filter(pl.col("status") == "ok").to_dicts()
     skipped = clips.height - len(ok)
     if skipped:
@@ -98,7 +113,10 @@ def score_clips(clips: pl.DataFrame, root: str | os.PathLike = ".", cfg: ScoreCo
         rows.append(row)
         bar.update()
 
-    if jobs <= 1 or len(tasks) <= 1:
+    if ray is not None:
+        for row in ray.map_items(_score_one, tasks, name="score"):
+            done(row)
+    elif jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
             done(_score_one(task))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.core import schemas
+from pipeline.core.engine import stage_engine
 from pipeline.core.layout import Layout
 from pipeline.core.params import resolve_jobs
 from pipeline.curate.score.config import ScoreConfig
@@ -16,7 +17,8 @@ log = logging.getLogger("score")
 def run(params: dict, layout: Layout) -> dict:
     cfg = ScoreConfig.from_params(params.get("score"))
     clips = schemas.read_table(layout.clips, "clips")
-    table = score_clips(clips, ".", cfg, jobs=resolve_jobs(cfg.jobs))
+    with stage_engine(params, "score") as ray:
+        table = score_clips(clips, ".", cfg, jobs=resolve_jobs(cfg.jobs), ray=ray)
     schemas.write_table(table, layout.scores, "scores")
     ok = table.filter(table["status"] == "ok").height
     log.info("%d clips scored, %d errors -> %s", ok, table.height - ok, layout.scores)

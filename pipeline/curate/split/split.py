@@ -6,7 +6,9 @@ re-run after adding one video only works on that video. The table of the last ru
 inside the clips folder (``INDEX``), where DVC does not delete it before the stage runs.
 
 Every ``ok`` source ends with at least one row: its clips, or one ``skipped`` row saying why
-it gave none (too short, one frame, every scene shorter than ``min_s``).
+it gave none (too short, one frame, every scene shorter than ``min_s``). A source whose consent
+was withdrawn (its record in ``sources.yaml``) is not cut: it gets one ``skipped`` row, ``consent
+withdrawn``, and the files of clips cut from it before are removed with the other stale clips.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import polars as pl
 from tqdm import tqdm
 
 from pipeline.core import schemas
+from pipeline.core.consent import WITHDRAWN, WITHDRAWN_REASON
 from pipeline.core.errors import one_line
 from pipeline.core.fs import atomic_path, remove_leftovers, sha256_file, sha256_json, write_text_atomic
 from pipeline.core.images import open_image_rgb
@@ -31,6 +34,9 @@ from pipeline.curate.split.config import SplitConfig
 from pipeline.curate.split.cutting import CutError, cut_clip, finished_clip, needs_even_crop
 from pipeline.curate.split.scenes import detect_scenes, make_detector
 from pipeline.curate.split.spans import Span, plan_spans
+
+if TYPE_CHECKING:
+    from pipeline.core.ray_engine import RayEngine
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +214,13 @@ def split_sources(
     previous: pl.DataFrame | None = None,
     jobs: int = 1,
     prune: bool = True,
+    ray: RayEngine | None = None,
 ) -> pl.DataFrame:
     """Split every ``ok`` source; return the clips table (sorted by source path and start frame).
 
     With ``prune``, clip files in ``clips_dir`` that the new table does not name are removed.
+    With ``ray``, the sources are split as Ray tasks (one a source, the same function) instead of
+    ``jobs`` local processes.
     """
     clips_dir = Path(clips_dir)
     clips_dir.mkdir(parents=True, exist_ok=True)
@@ -220,15 +229,22 @@ def split_sources(
     if previous is None:
         previous = read_index(clips_dir)
     ok = sources.filter(pl.col("status") == "ok").to_dicts()
+    withdrawn = [s for s in ok if s.get("consent") == WITHDRAWN]
+    ok = [s for s in ok if s.get("consent") != WITHDRAWN]
     prev_by_source: dict[str, dict[str, dict]] = {}
     if previous is not None and previous.height:
         for r in previous.to_dicts():
             prev_by_source.setdefault(r["source_id"], {})[r["clip_id"]] = r
     tasks = [(s, str(raw_root), str(clips_dir), cfg, prev_by_source.get(s["source_id"], {})) for s in ok]
-    rows: list[dict] = []
+    rows: list[dict] = [error_row(s, WITHDRAWN_REASON, "skipped") for s in withdrawn]
+    for s in withdrawn:
+        log.info("split: %s not cut: %s%s", s["path"], WITHDRAWN_REASON,
+                 f" on {s['withdrawn_on']}" if s.get("withdrawn_on") else "")
     parallel = jobs > 1 and len(tasks) > 1
     with contextlib.ExitStack() as stack:
-        if parallel:
+        if ray is not None:
+            results = ray.map_items(_split_one, tasks, name="split")
+        elif parallel:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(jobs, len(tasks))))
             results = (f.result() for f in as_completed([pool.submit(_split_one, t) for t in tasks]))
         else:

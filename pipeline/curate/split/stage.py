@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.core import schemas
+from pipeline.core.engine import stage_engine
 from pipeline.core.layout import Layout
 from pipeline.core.params import resolve_jobs
 from pipeline.curate.probe.listing import read_listing
@@ -19,7 +20,8 @@ def run(params: dict, layout: Layout) -> dict:
     root, _ = read_listing(layout.listing)
     sources = schemas.read_table(layout.sources, "sources")
     # the last run's table lives in the clips folder (split.INDEX): DVC deletes clips.parquet before this runs
-    table = split_sources(sources, root, layout.clips_dir, cfg, jobs=resolve_jobs(cfg.jobs))
+    with stage_engine(params, "split") as ray:
+        table = split_sources(sources, root, layout.clips_dir, cfg, jobs=resolve_jobs(cfg.jobs), ray=ray)
     schemas.write_table(table, layout.clips, "clips")
     ok = table.filter(table["status"] == "ok").height
     log.info("%d clips ok, %d errors or skipped sources -> %s", ok, table.height - ok, layout.clips)
