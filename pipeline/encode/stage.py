@@ -11,13 +11,13 @@ from pipeline.core import schemas
 from pipeline.core.engine import stage_engine
 from pipeline.core.fs import write_json
 from pipeline.core.layout import Layout
-from pipeline.core.sample_size import SampleSize
+from pipeline.core.sample_size import SampleSize, check_sample_image, sample_entry
 from pipeline.encode.config import EncodeConfig
 from pipeline.encode.encode import encode_samples
 from pipeline.encode.encoder import Encoder
 from pipeline.encode.plan import plan_samples
 from pipeline.encode.prompts import encode_prompts_table
-from pipeline.encode.sample_images import conditions_images, encode_sample_images
+from pipeline.encode.sample_images import encode_sample_images
 from pipeline.models.config import ModelConfig
 from pipeline.models.profiles import Profile
 
@@ -30,15 +30,10 @@ def sample_entries(train: dict | None, profile: Profile) -> list[tuple[str, str 
     so the train stage makes sample videos without the text encoder, the VAE or CLIP."""
     out: list[tuple[str, str | None]] = []
     for i, item in enumerate((train or {}).get("samples") or []):
-        prompt = item.get("prompt") if isinstance(item, dict) else item
-        image = item.get("image") if isinstance(item, dict) else None
+        prompt, image = sample_entry(item)
         if not isinstance(prompt, str) or not (image is None or isinstance(image, str)):
             raise ValueError(f"train.samples[{i}]: a prompt (text), or a mapping with 'prompt' (and 'image', a path), not {item!r}")
-        if image is None and profile.task == "i2v":
-            raise ValueError(f"train.samples[{i}]: {profile.name} makes videos from an image: give "
-                             "{prompt: ..., image: data/raw/<file>}")
-        if image is not None and not conditions_images(profile):
-            raise ValueError(f"train.samples[{i}]: {profile.name} is text-to-video; leave out 'image'")
+        check_sample_image(i, image, profile)
         out.append((prompt, image))
     return out
 

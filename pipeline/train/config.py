@@ -131,8 +131,7 @@ class TrainConfig:
 
     def _validate_samples(self) -> None:
         for i, item in enumerate(self.samples):
-            prompt = item.get("prompt") if isinstance(item, dict) else item
-            image = item.get("image") if isinstance(item, dict) else None
+            prompt, image = sample_size.sample_entry(item)
             extra = set(item) - {"prompt", "image"} if isinstance(item, dict) else set()
             if not isinstance(prompt, str) or extra or not (image is None or isinstance(image, str)):
                 raise ParamsError(f"train.samples[{i}]: a prompt (text) or {{prompt: text, image: path}} (image for "

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from pipeline.cache.store import CacheStore
 from pipeline.core.fs import atomic_path
+from pipeline.core.sample_size import check_sample_image, sample_entry
 from pipeline.models.profiles import Profile
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import pad_text
@@ -45,15 +46,6 @@ SAMPLES = "samples"  # <run>/samples/step-<NNNNN>/<i>.safetensors
 
 def step_folder(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / SAMPLES / f"step-{step:05d}"
-
-
-def sample_prompt(item) -> str:
-    """A ``train.samples`` entry: a prompt, or a mapping with ``prompt`` (and ``image``)."""
-    return item["prompt"] if isinstance(item, dict) else item
-
-
-def sample_image(item) -> str | None:
-    return item.get("image") if isinstance(item, dict) else None
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,8 @@ def resolve_prompts(cfg: TrainConfig, prompts: pl.DataFrame | None, store: Cache
     when the encode stage has not cached it (or cached it for another sample size)."""
     table = _table(prompts, {"prompt": pl.String, "role": pl.String, "text_key": pl.String})
     keys = {(r["role"], r["prompt"]): r["text_key"] for r in table.iter_rows(named=True)}
-    wanted = [("empty", "")] + [("sample", sample_prompt(s)) for s in cfg.samples]
+    entries = [sample_entry(item) for item in cfg.samples]  # checked by TrainConfig
+    wanted = [("empty", "")] + [("sample", p) for p, _ in entries]
     missing = [p for role, p in wanted if (role, p) not in keys and not (role == "sample" and ("empty", p) in keys)]
     if missing:
         raise ValueError(f"train.samples: no cached embedding for prompt(s) {missing[:3]} in data/prompts.parquet; "
@@ -85,13 +78,8 @@ def resolve_prompts(cfg: TrainConfig, prompts: pl.DataFrame | None, store: Cache
     conds = {r["image"]: r for r in _table(images, {"image": pl.String}).iter_rows(named=True)}
     frames = cfg.sample_frames if profile.task == "i2v" else 1
     out = []
-    for i, item in enumerate(cfg.samples):
-        p, image = sample_prompt(item), sample_image(item)
-        if image is None and profile.task == "i2v":
-            raise ValueError(f"train.samples[{i}]: {profile.name} makes videos from an image: give "
-                             "{prompt: ..., image: data/raw/<file>}")
-        if image is not None and profile.task == "t2v":
-            raise ValueError(f"train.samples[{i}]: {profile.name} is text-to-video; leave out 'image'")
+    for i, (p, image) in enumerate(entries):
+        check_sample_image(i, image, profile)
         row = conds.get(image) if image is not None else None
         if image is not None and (row is None or list(row["bucket"]) != [frames, cfg.sample_height, cfg.sample_width]):
             raise ValueError(f"train.samples[{i}]: no cached conditioning of image {image} at {cfg.sample_width}x"
