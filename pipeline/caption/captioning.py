@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline.caption.backends.base import CaptionBackend, CaptionItem, CaptionOutput
 from pipeline.caption.cleanup import CleanupConfig, apply_trigger, clean_caption
-from pipeline.caption.media import FrameSampling, Media, MediaError, load_media
+from pipeline.caption.media import FrameSampling, Media, MediaError, load_clip
 from pipeline.caption.prompts import prompt_for, prompt_sha256
 from pipeline.caption.store import CaptionStore
 from pipeline.core import schemas
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("caption")
 
-NEEDED = ["clip_id", "kind", "path", "fps", "n_frames"]
+# a clip is a span of its source: path (the source), the span and how it is resampled
+NEEDED = ["clip_id", "kind", "path", "fps", "n_frames", "start_frame", "end_frame", "resampled", "source_frames"]
 
 
 def now_iso() -> str:
@@ -117,13 +119,15 @@ def _batches(clips: list[dict], size: int) -> list[list[dict]]:
     return out
 
 
-def _load_batch(batch: list[dict], settings: RunSettings) -> list[tuple[dict, Media | MediaError]]:
-    """Each clip with its media, or with the MediaError that stopped it."""
+def _load_batch(batch: list[dict], settings: RunSettings,
+                root: str | os.PathLike = ".") -> list[tuple[dict, Media | MediaError]]:
+    """Each clip with its media (read from its source, paths relative to ``root``), or with the
+    MediaError that stopped it."""
     loaded: list[tuple[dict, Media | MediaError]] = []
     for clip in batch:
         media: Media | MediaError
         try:
-            media = load_media(clip["kind"], clip["path"], clip["n_frames"], clip["fps"], settings.sampling)
+            media = load_clip(clip, settings.sampling, root)
         except MediaError as exc:
             media = exc
         loaded.append((clip, media))
@@ -159,25 +163,26 @@ def caption_loaded(backend: CaptionBackend, loaded: list[tuple[dict, Media | Med
 Answers = tuple[list[dict], dict[str, CaptionOutput]]  # a batch's clips and clip_id -> answer
 
 
-def _local_answers(backend: CaptionBackend, batches: list[list[dict]], settings: RunSettings) -> Iterator[Answers]:
+def _local_answers(backend: CaptionBackend, batches: list[list[dict]], settings: RunSettings,
+                   root: str | os.PathLike = ".") -> Iterator[Answers]:
     """Each batch captioned in turn here, the next batch's media read in a thread meanwhile."""
     with ThreadPoolExecutor(max_workers=1) as loader:
-        nxt: Future | None = loader.submit(_load_batch, batches[0], settings)
+        nxt: Future | None = loader.submit(_load_batch, batches[0], settings, root)
         for i in range(len(batches)):
             assert nxt is not None  # submitted for each batch up to the last
             loaded = nxt.result()
-            nxt = loader.submit(_load_batch, batches[i + 1], settings) if i + 1 < len(batches) else None
+            nxt = loader.submit(_load_batch, batches[i + 1], settings, root) if i + 1 < len(batches) else None
             yield [c for c, _ in loaded], caption_loaded(backend, loaded, settings)
 
 
 class CaptionWorker:
     """The backend of a Ray actor (built once, ``backend_factory()``) and what it does with a batch."""
 
-    def __init__(self, backend_factory: Callable[[], CaptionBackend], settings: RunSettings):
-        self.backend, self.settings = backend_factory(), settings
+    def __init__(self, backend_factory: Callable[[], CaptionBackend], settings: RunSettings, root: str = "."):
+        self.backend, self.settings, self.root = backend_factory(), settings, root
 
     def __call__(self, batch: list[dict]) -> Answers:
-        return batch, caption_loaded(self.backend, _load_batch(batch, self.settings), self.settings)
+        return batch, caption_loaded(self.backend, _load_batch(batch, self.settings, self.root), self.settings)
 
 
 def caption_clips(
@@ -191,8 +196,10 @@ def caption_clips(
     backend_name: str = "transformers",
     ray: RayEngine | None = None,
     gpu: bool = False,
+    root: str | os.PathLike = ".",
 ) -> tuple[pl.DataFrame, dict]:
-    """Caption every row of ``dataset`` (columns clip_id, kind, path, fps, n_frames).
+    """Caption every row of ``dataset`` (the ``NEEDED`` columns: each clip a span of its source,
+    ``path`` relative to ``root``).
 
     ``backend_factory()`` builds the backend only when some clip needs the VLM, so a run where
     every caption is stored or edited never loads a model. Results go to ``store`` as they come;
@@ -231,10 +238,11 @@ def caption_clips(
         if ray is None:
             backend = backend_factory()
             t0 = time.perf_counter()
-            answers = _local_answers(backend, batches, settings)
+            answers = _local_answers(backend, batches, settings, root)
         else:  # the actors build the backend: its loading counts in vlm_seconds
             t0 = time.perf_counter()
-            answers = ray.map_actors(CaptionWorker, (backend_factory, settings), batches, name="caption", gpu=gpu)
+            answers = ray.map_actors(CaptionWorker, (backend_factory, settings, os.path.abspath(root)), batches,
+                                     name="caption", gpu=gpu)
         try:
             with tqdm(total=len(todo), desc="caption", unit="clip") as bar:
                 for batch, outputs in answers:

@@ -2,21 +2,24 @@
 
 The sampling is ours and explicit (the same for every backend): frame times 0, 1/fps, 2/fps ...
 within the clip, evenly thinned to at most ``max_frames``, each frame resized to at most
-``max_pixels`` pixels with its aspect ratio kept. Frames and photos are read with
-``pipeline.core.media``.
+``max_pixels`` pixels with its aspect ratio kept. A clip is a span of its source: its frames are
+read from the source, upright, through :class:`pipeline.core.clip.ClipSpan`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
 from PIL import Image
 
 from pipeline.core import media
+from pipeline.core.clip import ClipSpan
 
 
 class MediaError(RuntimeError):
@@ -64,24 +67,27 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(2, int(width) // 2 * 2), max(2, int(height) // 2 * 2)
 
 
-def read_frames(path: str | os.PathLike, indices: list[int], max_pixels: int) -> np.ndarray:
-    """Decode the frames at ``indices`` as RGB uint8, shape (T, H, W, 3), downscaled to ``max_pixels``
-    (while decoding).
+def read_frames(span: ClipSpan, indices: list[int], max_pixels: int) -> np.ndarray:
+    """Decode the clip frames at ``indices`` (clip-local) as upright RGB uint8, shape (T, H, W, 3),
+    downscaled to ``max_pixels`` (while decoding).
 
-    Indices past the end of a clip that turns out shorter are dropped; no frame at all is an error.
+    Indices past the end of a span that turns out shorter are dropped; no frame at all is an error.
     """
+    path = span.path
     try:
         info = media.video_info(path)
-        kept = [i for i in indices if i < info.n_frames]
+        w, h = (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
+        n = span.n_frames
+        kept = [i for i in indices if i < n]
         if not kept:
-            raise MediaError(f"{path}: no decodable frame")
-        return media.read_frames(path, kept, size=fit_size(info.width, info.height, max_pixels))
+            raise MediaError(f"{path}: no decodable frame in the span {span.start}-{span.end}")
+        return span.read(kept, size=fit_size(w, h, max_pixels))
     except (av.error.FFmpegError, media.MediaReadError, IndexError, OSError) as exc:
         raise MediaError(f"{path}: cannot decode video ({exc})") from exc
 
 
 def read_image(path: str | os.PathLike, max_pixels: int) -> Image.Image:
-    """An RGB photo (clips of kind image are upright PNGs), downscaled to ``max_pixels``."""
+    """An RGB photo, upright (EXIF orientation applied), downscaled to ``max_pixels``."""
     try:
         im = Image.fromarray(media.read_image(path))
     except (OSError, ValueError) as exc:
@@ -111,11 +117,21 @@ class Media:
         return len(self.indices) / self.n_frames * self.clip_fps
 
 
-def load_media(kind: str, path: str | os.PathLike, n_frames: int, clip_fps: float, sampling: FrameSampling) -> Media:
-    if kind == "image":
-        return Media("image", image=read_image(path, sampling.image_max_pixels))
+def load_media(span: ClipSpan, n_frames: int, clip_fps: float, sampling: FrameSampling) -> Media:
+    """The sampled frames of a video span (``n_frames`` frames at ``clip_fps``), or the photo of an image span."""
+    if span.kind == "image":
+        return Media("image", image=read_image(span.path, sampling.image_max_pixels))
     indices = sample_indices(int(n_frames), float(clip_fps), sampling.fps, sampling.max_frames)
     if not indices:
-        raise MediaError(f"{path}: clip has no frames")
-    frames = read_frames(path, indices, sampling.max_pixels)
+        raise MediaError(f"{span.path}: clip has no frames")
+    frames = read_frames(span, indices, sampling.max_pixels)
     return Media("video", frames=frames, indices=indices[: len(frames)], clip_fps=float(clip_fps), n_frames=int(n_frames))
+
+
+def load_clip(row: Mapping[str, Any], sampling: FrameSampling, root: str | os.PathLike = ".") -> Media:
+    """:func:`load_media` of a dataset row (a span of its source; ``row["path"]`` relative to ``root``)."""
+    try:
+        span = ClipSpan.from_row(row, root)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MediaError(f"{row.get('path')}: not a clip span ({exc})") from exc
+    return load_media(span, row["n_frames"], row["fps"], sampling)

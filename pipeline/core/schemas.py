@@ -55,28 +55,51 @@ SOURCES: ColumnTypes = {
     "record": Str,  # where the record came from, e.g. "sources.yaml:12, alice.mp4.yaml:1" ("" = no record)
 }
 
-# data/clips.parquet — one row per clip cut from a source (split stage).
+# data/clips.parquet — one row per clip: a span of its source (split stage). No clip file is needed:
+# every stage reads the span's frames from the source (pipeline.core.clip.ClipSpan).
 CLIPS: ColumnTypes = {
     "clip_id": Str,  # hash of source_id, span and every param that changes the pixels
-    "source_id": Str,
+    "source_id": Str,  # sha256 of the source file's bytes: a changed source gives new clips
     "source_path": Str,  # source path relative to the raw folder
     "kind": Str,  # "video" or "image"
     "scene_index": I32,  # index of the detected scene the clip came from
-    "start_frame": I64,  # in source frames, inclusive
+    "start_frame": I64,  # in source frames (presentation order), inclusive
     "end_frame": I64,  # in source frames, exclusive
     "start_s": F64,
     "end_s": F64,
-    "n_frames": I64,  # frames in the written clip file
-    "fps": F64,  # frame rate of the written clip
-    "resampled": Bool,  # True when the clip was resampled to split.fps
-    "rotation_applied": I32,  # degrees the source was rotated to make the clip upright
-    "width": I32,  # of the written (upright) clip
+    "n_frames": I64,  # frames of the clip (after resampling)
+    "fps": F64,  # frame rate of the clip: split.fps when resampled, else the source's
+    "resampled": Bool,  # True when the clip is resampled to split.fps (frame k: the source frame on screen at start_s + k / fps)
+    "rotation_applied": I32,  # degrees the source's frames are turned to be upright
+    "width": I32,  # of the upright frames
     "height": I32,
-    "path": Str,  # clip file, relative to the repository root / output folder
-    "sha256": Str,  # of the clip file
+    "path": Str,  # the file the frames are read from (the source), relative to the repository root
+    "source_frames": I64,  # frames the source had when split: a reader finding another count fails loudly
+    "sha256": Str,  # content address of the clip's frames: sha256 of the source's sha256, span, fps rule, rotation
+    "clip_file": Str,  # a clip file written from the span (split.write_clips), relative to the repository root; "" when none
     "status": Str,  # "ok", "error" (the clip failed) or "skipped" (the source gave no clip: reason says why)
     "reason": Str,
-    "note": Str,  # what was done to make an ok clip usable, e.g. "cropped 333x187 -> 332x186 (yuv420p)"
+    "note": Str,  # what was done to make an ok clip usable
+}
+
+# data/clips/.measure/<source_id>-<key>.parquet — the per-frame measurements of one source, made in
+# the split stage's one decode of it (pipeline.curate.measure), one row per sampled frame (every
+# ``round(fps / score.sample_fps)``-th frame of the source); the score stage aggregates them per clip.
+F32 = pl.Float32
+MEASURES: ColumnTypes = {
+    "frame": I64,  # source frame index (presentation order)
+    "time": F64,  # its presentation time, seconds after the first frame
+    "luma_mean": F64,  # 0..255, of the frame scaled to score.short_side
+    "luma_std": F64,
+    "lit_share": F64,  # share of pixels brighter than score.black_level
+    "dim_share": F64,  # share of pixels darker than score.white_level
+    "sharpness": F64,  # variance of the Laplacian
+    "row_lit": pl.List(F32),  # per row (top to bottom): share of its pixels brighter than score.black_level
+    "col_lit": pl.List(F32),  # per column (left to right)
+    "phash": Str,  # 64-bit perceptual hash, hex
+    "motion": F64,  # optical flow from the previous sampled frame to this one, frame diagonals per second; null for the first
+    "face_confidence": pl.List(F64),  # every face MTCNN found (score.face_fps frames a second); null: not looked at
+    "face_area": pl.List(F64),  # each face's box as a share of the frame's area
 }
 
 # data/scores.parquet — one row per clip (score stage).
@@ -86,7 +109,7 @@ SCORES: ColumnTypes = {
     "duration_s": F64,
     "width": I32,
     "height": I32,
-    "n_sampled": I32,  # frames decoded for scoring
+    "n_sampled": I32,  # sampled frames of the span the scores aggregate (measured in the split stage's one decode)
     "motion": F64,  # mean optical-flow magnitude / frame diagonal
     "static_fraction": F64,  # fraction of near-static frame pairs
     "sharpness": F64,  # median variance of the Laplacian
@@ -99,7 +122,7 @@ SCORES: ColumnTypes = {
     "border_left": F64,
     "border_right": F64,
     "phash": Str,  # 64-bit perceptual hash of the middle frame, hex
-    "face_share": F64,  # share of the frames looked at (score.face_frames) with a face; null: not looked (score.faces false)
+    "face_share": F64,  # share of the frames looked at (score.face_fps of them a second) with a face; null: not looked (score.faces false)
     "face_area": F64,  # largest face's box as a share of the frame's area (0 when none)
     "face": Bool,  # the clip shows a face: face_share >= score.face_min_share
     "status": Str,  # "ok" or "error"
@@ -217,6 +240,7 @@ TABLES: dict[str, ColumnTypes] = {
     "caption_parts": CAPTIONS,  # the caption store's chunks: one row per clip and model / prompt / sampling
     "sources": SOURCES,
     "clips": CLIPS,
+    "measures": MEASURES,
     "scores": SCORES,
     "dataset": DATASET,
     "rejected": REJECTED,
@@ -233,6 +257,7 @@ TABLES: dict[str, ColumnTypes] = {
 KEYS: dict[str, str] = {
     "sources": "path",
     "clips": "clip_id",
+    "measures": "frame",
     "scores": "clip_id",
     "dataset": "clip_id",
     "rejected": "clip_id",

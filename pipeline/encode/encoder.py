@@ -162,7 +162,7 @@ class Encoder:
             s = job.sample
             idx = s.frame_indices if job.latent else s.frame_indices[:1]
             try:
-                frames.append(load_frames(s.path, s.kind, idx, s.resize, s.size, self.cfg.interpolation))
+                frames.append(load_frames(s.path, s.kind, s.source_indices(idx), s.resize, s.size, self.cfg.interpolation))
                 ok.append(job)
             except Exception as e:  # unreadable/truncated clip: reject this sample, go on
                 bad.append({"sample_id": s.sample_id, "reason": f"{s.path}: {one_line(e, with_type=False)}"})
@@ -310,7 +310,8 @@ class Encoder:
         images: list[np.ndarray] = []
         for s in batch:
             try:
-                images.append(load_frames(s.path, s.kind, s.frame_indices[:1], s.resize, s.size, self.cfg.interpolation)[0])
+                first = s.source_indices(s.frame_indices[:1])
+                images.append(load_frames(s.path, s.kind, first, s.resize, s.size, self.cfg.interpolation)[0])
                 ok.append(s)
             except Exception as e:
                 rejected.append({"sample_id": s.sample_id, "reason": f"{s.path}: {one_line(e, with_type=False)}"})

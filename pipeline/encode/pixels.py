@@ -1,5 +1,6 @@
-"""Reading the frames of a sample: decode the chosen clip frames (``pipeline.core.media``),
-resize to cover the bucket, center-crop, and scale to [-1, 1] as the Wan VAE expects."""
+"""Reading the frames of a sample: decode the chosen frames of the clip's source, upright
+(``pipeline.core.media``), resize to cover the bucket, center-crop, and scale to [-1, 1] as the
+Wan VAE expects."""
 
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
 def load_frames(
     path: str | os.PathLike, kind: str, indices: list[int], r: Resize, size: tuple[int, int], interpolation: str = "area"
 ) -> np.ndarray:
-    """The sample's frames resized and cropped to the bucket, [F, H, W, 3] uint8. ``size`` is the
-    (width, height) the bucket was chosen for; a file whose frames differ is an error (its table
-    row is stale). NumPy/OpenCV only, so it can run in a reader thread beside the model."""
-    frames = read_image(path)[None] if kind == "image" else read_frames(path, indices)
+    """The frames ``indices`` of ``path`` (a video's frames, upright; a photo, upright) resized and
+    cropped to the bucket, [F, H, W, 3] uint8. ``size`` is the (width, height) of the upright frames
+    the bucket was chosen for; a file whose frames differ is an error (its table row is stale).
+    NumPy/OpenCV only, so it can run in a reader thread beside the model."""
+    frames = read_image(path)[None] if kind == "image" else read_frames(path, indices, upright=True)
     h, w = frames.shape[1:3]
     if (w, h) != tuple(size):
         raise ValueError(f"{path}: frames are {w}x{h}, the table says {size[0]}x{size[1]}")

@@ -1,6 +1,11 @@
 """Planning the encode stage without loading any model: every kept clip with an ok caption becomes
 one or more samples (windows) with a frame bucket, a resolution bucket, and the cache keys of
-its entries (which need only the weights' fingerprints)."""
+its entries (which need only the weights' fingerprints).
+
+A window holds clip frame indices; a clip is a span of its source, so the frames are read from the
+source at the span's source indices (:meth:`Sample.source_indices`), mapped only when they are read.
+The keys stay content-addressed: the clip's ``sha256`` (source, span, resampling, rotation) and the
+clip frame indices."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from pipeline.core.clip import ClipSpan
 from pipeline.core.devices import (
     compute_dtype,
     dtype_name,
@@ -41,10 +47,10 @@ class Sample:
     clip_id: str
     kind: str
     window: int
-    path: str
+    path: str  # the file the frames are read from: the clip's source (or a train.samples image)
     clip_sha256: str
     size: tuple[int, int]  # (width, height) of the clip's frames
-    frame_indices: list[int]
+    frame_indices: list[int]  # clip frame indices (what the keys and the encoded table hold)
     resize: Resize
     caption: str
     latent_key: str = ""
@@ -52,6 +58,13 @@ class Sample:
     cond_key: str = ""  # I2V families: first-frame conditioning latents; "" otherwise
     image_key: str = ""  # Wan 2.1 I2V: CLIP embedding of the first frame; "" otherwise
     tiling: str = ""  # "" = encoded whole; "SIZE/STRIDE" = encoded in tiles
+    span: ClipSpan | None = None  # where a video clip's frames lie in its source; None: ``path``'s frames as they are
+
+    def source_indices(self, frames: list[int]) -> list[int]:
+        """The frames of ``path`` to read for clip frames ``frames`` (the span's source frames)."""
+        if self.span is None or self.kind == "image":
+            return list(frames)
+        return self.span.source_indices(frames)
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -101,10 +114,11 @@ def plan_samples(
                           + (f" at {fps:g} fps" if fps else ""),
             })
             continue
+        span = ClipSpan.from_row(row, root)
         for w, idx in enumerate(windows):
             samples.append(Sample(
-                sample_id=f"{cid}#{w}", clip_id=cid, kind=row["kind"], window=w, path=str(Path(root) / row["path"]),
-                clip_sha256=row["sha256"], size=size, frame_indices=idx, resize=r, caption=text[cid],
+                sample_id=f"{cid}#{w}", clip_id=cid, kind=row["kind"], window=w, path=span.path,
+                clip_sha256=row["sha256"], size=size, frame_indices=idx, resize=r, caption=text[cid], span=span,
             ))
     for s in skipped:
         log.info("skip clip %s: %s", s["clip_id"], s["reason"])

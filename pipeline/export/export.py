@@ -11,8 +11,14 @@ each, plus a dataset TOML. The export writes:
     DIR/export.json                        what was written, so a re-export removes files it no longer lists
 
 Only clips with an ``ok`` caption are exported; the others are logged with the reason.
-Media files are copied, or symlinked with ``link=True``. Stems are ``<source stem>_<clip id
-prefix>``, so a file name still says where the clip came from.
+A clip is a span of its source: its file is written from the span's frames
+(:func:`pipeline.core.clip_writer.write_clip`, with ``ExportConfig.encoding``: the split params'
+codec, crf, preset and pix_fmt when given, else libx264 crf 18 veryfast yuv420p), a photo as an
+RGB PNG of the upright photo. A clip the split stage already wrote (``clip_file``,
+``split.write_clips``) is copied, or symlinked with ``link=True``; a span has no file to link,
+so ``link=True`` writes it. A re-export writes only what changed: ``export.json`` keeps the key of
+each media file (clip id, content address, encoding), and a file whose key is unchanged stays.
+Stems are ``<source stem>_<clip id prefix>``, so a file name still says where the clip came from.
 """
 
 from __future__ import annotations
@@ -22,14 +28,19 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import av
 import polars as pl
 import tomli_w
 from tqdm import tqdm
 
-from pipeline.core.fs import atomic_path, confined, write_json, write_text_atomic
+from pipeline.core import media as core_media
+from pipeline.core.clip import ClipSpan
+from pipeline.core.clip_writer import ClipWriteError, Encoding, write_clip
+from pipeline.core.errors import one_line
+from pipeline.core.fs import atomic_path, confined, sha256_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,8 @@ RECORD_NAME = "export.json"
 @dataclass(frozen=True)
 class ExportConfig:
     format: str  # "musubi" or "diffusion-pipe"
-    link: bool = False  # symlink media files instead of copying them
+    link: bool = False  # symlink the split stage's clip files (clip_file) instead of copying them
+    encoding: Encoding = field(default_factory=Encoding)  # how clip files are written from their spans
     resolution: tuple[int, int] = (832, 480)  # (width, height) training area (Wan 2.1 1.3B native: 832x480)
     frame_buckets: tuple[int, ...] = (17, 33, 49, 81)  # frame counts (4n+1 for Wan)
     frame_extraction: str = "full"  # musubi: head | chunk | slide | uniform | full
@@ -61,6 +73,10 @@ class ExportConfig:
             raise ValueError(f"frame buckets must be 4n+1 (Wan's VAE): {bad}")
 
 
+# the columns of a dataset row that say where a clip's frames are (pipeline.core.clip.ClipSpan.from_row)
+SPAN_COLUMNS = ("path", "kind", "start_frame", "end_frame", "fps", "resampled", "source_frames")
+
+
 def _safe_stem(text: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(text).stem).strip("._") or "clip"
     return stem[:60]
@@ -73,8 +89,10 @@ def _fps_label(fps: float) -> str:
 def plan_export(dataset: pl.DataFrame, captions: pl.DataFrame | None) -> tuple[list[dict], list[str]]:
     """Which files go where: one dict per exported clip, and one line per kept clip left out.
 
-    Each dict: clip_id, kind, src (clip path as in the table), subdir, name (file name),
-    caption, fps. Videos of one frame rate share ``video/``; several rates get one folder each.
+    Each dict: clip_id, kind, src (the source, as in the table), span (the row's span columns, for
+    :meth:`ClipSpan.from_row`), sha256 (the clip's content address), clip_file (a clip file the split
+    stage wrote, "" when none), subdir, name (file name: ``.mp4`` or ``.png``), caption, fps. Videos of
+    one frame rate share ``video/``; several rates get one folder each.
     """
     skipped: list[str] = []
     if captions is None or captions.height == 0:
@@ -93,10 +111,12 @@ def plan_export(dataset: pl.DataFrame, captions: pl.DataFrame | None) -> tuple[l
         kind = "image" if row["kind"] == "image" else "video"
         fps = round(float(row["fps"]), 3)
         subdir = "image" if kind == "image" else ("video" if len(video_rates) <= 1 else f"video_{_fps_label(fps)}")
-        suffix = PurePosixPath(row["path"]).suffix or (".png" if kind == "image" else ".mp4")
+        suffix = ".png" if kind == "image" else ".mp4"
         name = f"{_safe_stem(row['source_path'])}_{row['clip_id'][:12]}{suffix}"
-        plan.append({"clip_id": row["clip_id"], "kind": kind, "src": row["path"], "subdir": subdir, "name": name,
-                     "caption": c["caption"].strip(), "fps": fps, "caption_source": c["source"]})
+        span = {k: row.get(k) for k in SPAN_COLUMNS}
+        plan.append({"clip_id": row["clip_id"], "kind": kind, "src": row["path"], "span": span,
+                     "sha256": row.get("sha256") or "", "clip_file": row.get("clip_file") or "", "subdir": subdir,
+                     "name": name, "caption": c["caption"].strip(), "fps": fps, "caption_source": c["source"]})
     return plan, skipped
 
 
@@ -169,44 +189,84 @@ def dumps_toml(doc: dict, header: str = "") -> str:
     return comments + tomli_w.dumps(_drop_none(doc))
 
 
-def _place(src: Path, dst: Path, link: bool) -> None:
-    if dst.is_symlink() or dst.exists():
+def media_key(p: dict, cfg: ExportConfig, clip_file: Path | None) -> str:
+    """What an exported media file is made of: the clip (id, content address) and how it is made
+    (the encoding, or the split stage's clip file copied or linked). The same key: the same file."""
+    how: dict = {"link" if cfg.link else "copy": str(clip_file)} if clip_file is not None else (
+        {"png": True} if p["kind"] == "image" else {"encoding": cfg.encoding.as_key(), "fps": p["span"]["fps"]})
+    return sha256_json({"clip_id": p["clip_id"], "sha256": p["sha256"], **how})[:32]
+
+
+def _up_to_date(dst: Path, key: str, previous_keys: dict[str, str], rel: str, link_to: Path | None) -> bool:
+    if previous_keys.get(rel) != key:
+        return False
+    if link_to is not None:
+        return dst.is_symlink() and dst.resolve() == link_to.resolve()
+    return dst.is_file() and not dst.is_symlink()
+
+
+def _place(p: dict, dst: Path, cfg: ExportConfig, root: Path, clip_file: Path | None) -> None:
+    """Write (or link) the media file of one planned clip at ``dst``."""
+    if clip_file is not None:
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        if cfg.link:
+            dst.symlink_to(clip_file.resolve())
+        else:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(clip_file, tmp)
+        return
+    span = ClipSpan.from_row(p["span"], root)
+    if not Path(span.path).exists():
+        raise FileNotFoundError(f"{span.path}: source file missing")
+    if dst.is_symlink():  # a link of an earlier --link export: written over, never through
         dst.unlink()
-    if link:
-        dst.symlink_to(src.resolve())
-    else:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+    write_clip(span, dst, cfg.encoding, fps=float(p["span"]["fps"] or 0.0))
 
 
 def write_export(plan: list[dict], out_dir: str | os.PathLike, cfg: ExportConfig,
                  root: str | os.PathLike = ".") -> dict:
-    """Write the media files, captions, dataset TOML and ``export.json``; returns the record."""
+    """Write the media files (from their spans, or the split stage's clip files), captions, dataset
+    TOML and ``export.json``; returns the record. A media file whose key (``media_key``) is the one
+    the previous export recorded is left as it is."""
     out_dir = Path(out_dir).resolve()
     root = Path(root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = set()
+    previous: set[str] = set()
+    previous_keys: dict[str, str] = {}
     record_path = out_dir / RECORD_NAME
     if record_path.exists():
-        previous = set(json.loads(record_path.read_text(encoding="utf-8")).get("files", []))
+        old = json.loads(record_path.read_text(encoding="utf-8"))
+        previous = set(old.get("files", []))
+        previous_keys = dict(old.get("keys", {}))
     written, missing, kept = [], [], []
+    keys: dict[str, str] = {}
+    made = 0
     for p in tqdm(plan, desc=f"export {cfg.format}", unit="clip", disable=len(plan) < 20):
-        src = root / p["src"]
-        if not src.exists():
-            missing.append(f"{src}: clip file missing, {p['clip_id']} not exported")
-            continue
         try:
             media = confined(out_dir, p["subdir"], p["name"])
         except ValueError as e:
             missing.append(f"{e} ({p['clip_id']} not exported)")
             continue
-        folder = media.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        clip_file = root / p["clip_file"] if p["clip_file"] else None
+        if clip_file is not None and not clip_file.is_file():
+            clip_file = None  # a clip file that is gone: written from its span instead
+        key = media_key(p, cfg, clip_file)
+        rel = str(media.relative_to(out_dir))
+        media.parent.mkdir(parents=True, exist_ok=True)
+        if not _up_to_date(media, key, previous_keys, rel, clip_file if cfg.link else None):
+            try:
+                _place(p, media, cfg, root, clip_file)
+            except (OSError, ClipWriteError, core_media.MediaReadError, av.FFmpegError) as e:
+                missing.append(f"{one_line(e, with_type=False)} ({p['clip_id']} not exported)")
+                continue
+            made += 1
         caption = media.with_suffix(".txt")
-        _place(src, media, cfg.link)
         write_text_atomic(caption, p["caption"] + "\n")
-        written += [str(media.relative_to(out_dir)), str(caption.relative_to(out_dir))]
+        written += [rel, str(caption.relative_to(out_dir))]
+        keys[rel] = key
         kept.append(p)
+    log.info("export: %d media files written, %d unchanged", made, len(kept) - made)
     for line in missing:
         log.warning(line)
     doc = musubi_config(kept, out_dir, cfg) if cfg.format == "musubi" else diffusion_pipe_config(kept, out_dir, cfg)
@@ -220,6 +280,6 @@ def write_export(plan: list[dict], out_dir: str | os.PathLike, cfg: ExportConfig
             stale.unlink()
             log.info("removed %s (no longer exported)", stale)
     record = {"format": cfg.format, "link": cfg.link, "config": CONFIG_NAME, "clips": [p["clip_id"] for p in kept],
-              "files": written, "missing": missing}
+              "files": written, "missing": missing, "keys": keys, "encoding": cfg.encoding.as_key()}
     write_json(record_path, record)
     return record

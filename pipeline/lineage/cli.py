@@ -30,7 +30,7 @@ WITHDRAW_DESCRIPTION = """\
 Record that the people in SOURCE withdrew their consent: `consent: withdrawn`, today's date and
 --reason go into RAW_DIR/sources.yaml (its other records and comments are kept). Then it prints
 every LoRA under --lora-dir that used the source: retrain or delete them. The next `dvc repro`
-drops the source's clips everywhere (rejected: "consent withdrawn"; their clip files removed) and
+drops the source's clips everywhere (rejected: "consent withdrawn"; clip files written from it removed) and
 retrains; `vlp cache gc --keep data/encoded.parquet --keep data/prompts.parquet --keep
 data/sample_images.parquet --delete --grace 0` then removes their cache entries; `vlp audit --withdrawn` lists the LoRAs that still hold it.
 

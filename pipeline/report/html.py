@@ -7,8 +7,8 @@ numbers and flags, never HTML.
 Sources are collapsible ``<details>`` blocks, so a few thousand clips stay readable, and
 thumbnails are ``loading="lazy"``: a closed source loads none of its images. Each clip row carries
 ``data-verdict``, ``data-reasons`` (its rules, "|"-joined), ``data-kind`` and ``data-search`` (clip id,
-source and caption, lower case), which the page's filters read; its ``<video>`` plays the clip file
-(``preload="none"``, the middle thumbnail as poster).
+source and caption, lower case), which the page's filters read; its ``<video>`` plays the clip's span
+of its source file (a ``#t=start,end`` media fragment; ``preload="none"``, the middle thumbnail as poster).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ReportPage:
     run_problems: list[str] = field(default_factory=list)
     photo_histograms: list[tuple[str, str]] = field(default_factory=list)  # the photos' own, as ``histograms``
     histogram_legend: list[tuple[str, str, int]] = field(default_factory=list)  # (verdict label, colour, clips)
-    media: dict[str, str] = field(default_factory=dict)  # clip_id -> the clip file, relative to the page
+    media: dict[str, str] = field(default_factory=dict)  # clip_id -> its source (+ #t=span), relative to the page
     loss_overlay: str | None = None  # every run's loss on one chart, relative to the page
 
 
@@ -208,8 +208,8 @@ def reason_keys(r: dict) -> list[str]:
 
 
 def _preview(page: ReportPage, r: dict, thumbs: list[dict]) -> dict:
-    """The clip file to play (``video``: src and poster, the middle thumbnail) or to open (``photo``: src), for a clip
-    whose file decodes (it has thumbnails)."""
+    """The clip's span of its source to play (``video``: src and poster, the middle thumbnail) or its photo to open
+    (``photo``: src), for a clip whose frames decode (it has thumbnails)."""
     src = page.media.get(r["clip_id"]) if thumbs else None
     if not src:
         return {"video": None, "photo": None}

@@ -4,7 +4,8 @@ It reads whatever tables exist (sources, clips, scores, dataset/rejected, captio
 LoRA runs under ``data/lora``; a missing table only turns its part of the page into a note
 saying which stage writes it. Images live beside the page: ``thumbs/`` (three frames per clip,
 made once per clip id), ``plots/`` (score histograms) and ``runs/`` (loss curves); a clip's
-``<video>`` plays the clip file itself (``data/clips/``, by its path relative to the page). The report
+``<video>`` plays the clip's span of its source file (the source's path relative to the page, with a
+media fragment ``#t=start,end``: a clip is a span of its source, no clip file is needed). The report
 stage (``stages/report.py``) and ``vlp report`` (:mod:`pipeline.report.cli`) both call :func:`build_report`.
 """
 
@@ -89,7 +90,8 @@ def clip_view(clips: pl.DataFrame, scores: pl.DataFrame | None, dataset: pl.Data
               rejected: pl.DataFrame | None, captions: pl.DataFrame | None) -> pl.DataFrame:
     """One row per clip: its clip columns, scores, verdict (kept / rejected / error / not filtered), reasons, caption."""
     df = clips.select("clip_id", "source_id", "source_path", "kind", "start_frame", "end_frame", "start_s", "end_s",
-                      "n_frames", "fps", "width", "height", "path", pl.col("status").alias("clip_status"),
+                      "n_frames", "fps", "resampled", "width", "height", "path", "source_frames",
+                      pl.col("status").alias("clip_status"),
                       pl.col("reason").alias("clip_reason"))
     if scores is not None:
         df = df.join(scores.select("clip_id", *SCORE_COLUMNS, *FACE_COLUMNS, pl.col("status").alias("score_status"),
@@ -199,10 +201,22 @@ def verdict_labels(view: pl.DataFrame) -> dict[str, str]:
     return out
 
 
-def media_url(root: str | os.PathLike, path: str, out_dir: Path) -> str:
-    """A clip file's URL relative to the page (percent-encoded: a file name may hold spaces, '#' or '?')."""
+def media_url(root: str | os.PathLike, path: str, out_dir: Path, span: tuple[float, float] | None = None) -> str:
+    """A file's URL relative to the page (percent-encoded: a file name may hold spaces, '#' or '?'); with
+    ``span`` (start_s, end_s) a media fragment ``#t=start,end``, so an HTML5 player plays just the clip's span
+    of its source."""
     rel = os.path.relpath(os.path.abspath(Path(root) / path), os.path.abspath(out_dir))
-    return quote(Path(rel).as_posix())
+    url = quote(Path(rel).as_posix())
+    if span is not None:
+        url += f"#t={span[0]:.3f},{span[1]:.3f}"
+    return url
+
+
+def clip_media_url(root: str | os.PathLike, row: dict, out_dir: Path) -> str:
+    """What the page shows of a clip: its photo, or its span of the source video (a media fragment)."""
+    if row["kind"] == "image":
+        return media_url(root, row["path"], out_dir)
+    return media_url(root, row["path"], out_dir, (float(row["start_s"] or 0.0), float(row["end_s"] or 0.0)))
 
 
 def build_report(data_dir: str | os.PathLike, out_dir: str | os.PathLike, lora_dir: str | os.PathLike,
@@ -219,12 +233,14 @@ def build_report(data_dir: str | os.PathLike, out_dir: str | os.PathLike, lora_d
     if tables["clips"] is not None:
         view = clip_view(tables["clips"], tables["scores"], tables["dataset"], tables["rejected"], tables["captions"])
     thumbs: dict[str, list[str]] = {}
-    media: dict[str, str] = {}  # clip_id -> its file, relative to the page (the clips that decode: they have thumbnails)
+    media: dict[str, str] = {}  # clip_id -> its span of the source, relative to the page (the clips that decode: they have thumbnails)
     if view is not None:
-        rows = view.filter(pl.col("clip_status") == "ok").select("clip_id", "kind", "path", "n_frames").to_dicts()
+        rows = view.filter(pl.col("clip_status") == "ok").select(
+            "clip_id", "kind", "path", "n_frames", "start_frame", "end_frame", "start_s", "end_s", "fps", "resampled",
+            "source_frames").to_dicts()
         names = ensure_thumbs(rows, root, out_dir / "thumbs", cfg.thumb_width)
         thumbs = {cid: [f"thumbs/{n}" for n in ns] for cid, ns in names.items()}
-        media = {r["clip_id"]: media_url(root, r["path"], out_dir) for r in rows if r["clip_id"] in names}
+        media = {r["clip_id"]: clip_media_url(root, r, out_dir) for r in rows if r["clip_id"] in names}
     hists, photo_hists, legend = [], [], []
     if tables["scores"] is not None:
         status = verdict_labels(view) if view is not None else {}

@@ -1,6 +1,7 @@
 """Small JPEG thumbnails of clips for the report: first, middle and last frame (one for a photo).
 
-Thumbnails are named by clip id and width (``<clip_id>_w160_0.jpg`` ...). A clip id changes
+A clip is a span of its source: the frames are read from the source, upright, through
+:class:`pipeline.core.clip.ClipSpan`. Thumbnails are named by clip id and width (``<clip_id>_w160_0.jpg`` ...). A clip id changes
 whenever the clip's pixels could, so an existing thumbnail is never stale and is never made twice.
 """
 
@@ -14,9 +15,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.core.clip import ClipSpan
 from pipeline.core.errors import one_line
 from pipeline.core.fs import atomic_path, check_id
-from pipeline.core.media import frame_count, read_frames, read_image
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,20 @@ def _write_jpeg(rgb: np.ndarray, path: Path) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
-def video_frames(path: str | os.PathLike, n_frames: int) -> list[np.ndarray]:
-    """RGB frames 0, n//2 and n-1 of a clip.
+def video_frames(span: ClipSpan, n_frames: int) -> list[np.ndarray]:
+    """Upright RGB clip frames 0, n//2 and n-1 of a span.
 
-    A clip that holds fewer frames than ``n_frames`` gives its last frame instead.
+    A span that holds fewer frames than ``n_frames`` gives its last frame instead.
     """
     n = max(1, int(n_frames))
-    count = frame_count(path)
+    count = span.n_frames
     if not count:
-        raise RuntimeError(f"{path}: no frame decodes")
-    return list(read_frames(path, [min(i, count - 1) for i in (0, n // 2, n - 1)]))
+        raise RuntimeError(f"{span.path}: no frame in the span {span.start}-{span.end}")
+    return list(span.read([min(i, count - 1) for i in (0, n // 2, n - 1)]))
 
 
-def make_thumbs(clip_path: str | os.PathLike, kind: str, n_frames: int, out_paths: list[Path], width: int) -> None:
-    frames = [read_image(clip_path)] if kind == "image" else video_frames(clip_path, n_frames)
+def make_thumbs(span: ClipSpan, n_frames: int, out_paths: list[Path], width: int) -> None:
+    frames = list(span.read()[:1]) if span.kind == "image" else video_frames(span, n_frames)
     for rgb, path in zip(frames, out_paths):
         _write_jpeg(_scaled(rgb, width), path)
 
@@ -65,8 +66,9 @@ def ensure_thumbs(clips: list[dict], root: str | os.PathLike, thumbs_dir: str | 
                   prune: bool = True) -> dict[str, list[str]]:
     """Make the thumbnails that are missing; return clip_id -> thumbnail file names (in ``thumbs_dir``).
 
-    ``clips``: rows with clip_id, kind, path (relative to ``root``), n_frames. A clip whose file
-    is missing or does not decode is logged and gets no thumbnails; the others go on. With
+    ``clips``: rows with clip_id, kind, n_frames and the span (path of the source relative to
+    ``root``, start_frame, end_frame, fps, resampled, source_frames). A clip whose source is
+    missing, changed or does not decode is logged and gets no thumbnails; the others go on. With
     ``prune``, thumbnails of clips not in ``clips`` are removed.
     """
     root, thumbs_dir = Path(root), Path(thumbs_dir)
@@ -82,11 +84,11 @@ def ensure_thumbs(clips: list[dict], root: str | os.PathLike, thumbs_dir: str | 
             todo.append((row, names))
     made = failed = 0
     for row, names in tqdm(todo, desc="thumbnails", unit="clip", disable=len(todo) < 20):
-        src = root / row["path"]
         try:
-            if not src.exists():
-                raise FileNotFoundError(f"{src}: clip file missing")
-            make_thumbs(src, row["kind"], row["n_frames"] or 1, [thumbs_dir / n for n in names], width)
+            span = ClipSpan.from_row(row, root)
+            if not Path(span.path).exists():
+                raise FileNotFoundError(f"{span.path}: source file missing")
+            make_thumbs(span, row["n_frames"] or 1, [thumbs_dir / n for n in names], width)
         except Exception as exc:  # one bad clip never stops the report
             failed += 1
             log.warning("no thumbnails for %s: %s", row["clip_id"][:12], one_line(exc, with_type=False))

@@ -196,13 +196,13 @@ def test_batched_generation_matches_one_by_one(clips, tiny_dir):
     """Left padding and per-clip video grids: a batch answers exactly what each clip alone gets,
     and the answers depend on the frames (the media reaches the model)."""
     from pipeline.caption.backends.base import CaptionItem, GenerationParams
-    from pipeline.caption.media import FrameSampling, load_media
+    from pipeline.caption.media import FrameSampling, load_clip
 
     sampling = FrameSampling(fps=4.0, max_frames=4, max_pixels=56 * 112, image_max_pixels=112 * 112)
     captioner = hf.TransformersCaptioner(str(tiny_vlm_dir(cache_dir=tiny_dir)),
                                          GenerationParams(max_new_tokens=12, min_new_tokens=12), sampling, device="cpu")
     videos = [c for c in clips if c["kind"] == "video"]
-    items = [CaptionItem(c["clip_id"], load_media("video", c["path"], c["n_frames"], c["fps"], sampling), prompt)
+    items = [CaptionItem(c["clip_id"], load_clip(c, sampling), prompt)
              for c, prompt in zip(videos, ["Describe.", "Describe.", "Describe the clip in one sentence."])]
     assert len({it.media.frames.shape for it in items}) > 1  # different frame sizes in one batch
     batched = captioner.generate(items)

@@ -18,6 +18,7 @@ from pipeline.caption.backends.hf import TransformersCaptioner
 from pipeline.caption.media import FrameSampling, load_media, sample_indices
 from pipeline.caption.prompts import IMAGE_PROMPT, VIDEO_PROMPT
 from pipeline.caption.stage import run_caption
+from pipeline.core.clip import ClipSpan
 from pipeline.models.tiny.vlm import tiny_vlm_dir
 from tests.helpers.caption_helpers import cut_sample_clips, dataset
 
@@ -66,7 +67,8 @@ class TinyServer(ThreadingHTTPServer):
                         fps = float(s.average_rate)
                         n = sum(1 for _ in c.decode(s))
                     record["frames"] = n
-                media = load_media(kind, path, n, fps, FrameSampling(fps=0, max_frames=0, max_pixels=1 << 20, image_max_pixels=1 << 20))
+                everything = FrameSampling(fps=0, max_frames=0, max_pixels=1 << 20, image_max_pixels=1 << 20)
+                media = load_media(ClipSpan(str(path), kind, 0, n), n, fps, everything)
                 self.captioner.generation = GenerationParams(
                     max_new_tokens=body["max_tokens"], min_new_tokens=body.get("min_tokens") or 0)
                 out = self.captioner.generate([CaptionItem("request", media, prompt)])[0]

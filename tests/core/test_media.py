@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.core import media
 from pipeline.core.images import open_image_rgb
-from pipeline.curate.split.cutting import ffmpeg_binary
+from tests.helpers.synthetic_media import ffmpeg_binary
 
 
 def decode_loop(path, indices) -> np.ndarray:

@@ -170,8 +170,8 @@ def make_raw(raw: Path, carphone: Path) -> None:
     shutil.copy(sample_photo("astronaut.png"), raw / "astronaut.png")
 
 
-# jobs 1: the local engine splits and scores in this process (no fork of a process that holds Ray's threads)
-CURATE = {"split": {"preset": "ultrafast", "jobs": 1}, "score": {"jobs": 1}}
+# jobs 1: the local engine splits in this process (no fork of a process that holds Ray's threads)
+CURATE = {"split": {"preset": "ultrafast", "jobs": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -187,40 +187,37 @@ def curated(cluster, tmp_path_factory, carphone):
     make_raw(on_ray / "data" / "raw", carphone)
     for runner in (run_list, run_probe):
         in_project(on_ray, runner)
-    clips_dir = on_ray / "data" / "clips"
+    measured = on_ray / "data" / "clips" / ".measure"
 
-    def clip_files() -> list[Path]:
-        return [p for p in clips_dir.glob("*") if p.is_file() and not p.name.startswith(".")] if clips_dir.exists() else []
+    def measure_files() -> list[Path]:  # what split persists of each source: its measurements (no clip files)
+        return [p for p in measured.glob("*.parquet") if not p.name.startswith(".")] if measured.exists() else []
 
-    kill_when([sys.executable, str(REPO / "stages" / "split.py")], on_ray, driver_env(cluster), lambda: len(clip_files()) >= 1)
-    done = settle(clip_files)
+    kill_when([sys.executable, str(REPO / "stages" / "split.py")], on_ray, driver_env(cluster), lambda: len(measure_files()) >= 1)
+    done = settle(measure_files)
     killed_table = (on_ray / "data" / "clips.parquet").exists()
     in_project(on_ray, run_split)
     in_project(on_ray, run_score)
     return {"local": local, "ray": on_ray, "done": done, "killed_table": killed_table}
 
 
-def test_split_and_score_on_ray_write_the_same_tables_and_clips(curated):
+def test_split_and_score_on_ray_write_the_same_tables_and_measurements(curated):
     local, on_ray = curated["local"] / "data", curated["ray"] / "data"
     same_bytes(local, on_ray, "clips.parquet", "scores.parquet")
     clips = schemas.read_table(local / "clips.parquet", "clips")
     ok = clips.filter(pl.col("status") == "ok")
     assert ok.height >= 10 and ok["kind"].to_list().count("image") == 1
     assert schemas.read_table(local / "scores.parquet", "scores")["status"].to_list() == ["ok"] * ok.height
-    files = sorted(p.name for p in (local / "clips").iterdir() if p.is_file() and not p.name.startswith("."))
-    assert files == sorted(Path(p).name for p in ok["path"].to_list())
-    same_bytes(local / "clips", on_ray / "clips", *files)
+    assert not [p for p in (local / "clips").iterdir() if p.is_file() and not p.name.startswith(".")]  # no clip file
+    files = sorted(p.name for p in (local / "clips" / ".measure").iterdir())
+    assert len(files) == ok["source_id"].n_unique()
+    same_bytes(local / "clips" / ".measure", on_ray / "clips" / ".measure", *files)
 
 
-def test_split_killed_driver_is_resumed_cutting_only_the_missing_clips(curated):
-    done, total = curated["done"], len(list((curated["local"] / "data" / "clips").glob("[!.]*")))
+def test_split_killed_driver_is_resumed_decoding_only_the_sources_not_measured(curated):
+    done, total = curated["done"], len(list((curated["local"] / "data" / "clips" / ".measure").iterdir()))
     assert not curated["killed_table"]
-    assert 1 <= len(done) < total, (len(done), total)  # killed mid-stage: some clips cut, some not
-    videos = {p: st for p, st in done.items() if p.suffix == ".mp4"}
-    assert videos or len(done) == 1
-    # the video clips cut before the kill were kept, not cut again (a photo's PNG is written again
-    # when the killed run left no index, on either engine: split_image has no finished-file check)
-    unchanged(videos)
+    assert 1 <= len(done) < total, (len(done), total)  # killed mid-stage: some sources measured, some not
+    unchanged(done)  # the measurements written before the kill were kept, not made again
 
 
 # -- caption -------------------------------------------------------------------------------

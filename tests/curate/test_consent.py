@@ -111,18 +111,20 @@ def split_inputs(tmp_path, carphone):
     return raw, probe_folder(raw)
 
 
-def test_split_does_not_cut_a_withdrawn_source_and_removes_its_clips(split_inputs, tmp_path):
+def test_split_does_not_split_a_withdrawn_source_and_removes_what_it_kept_of_it(split_inputs, tmp_path):
     from pipeline.curate.split.config import SplitConfig
     from pipeline.curate.split.split import split_sources
 
     raw, sources = split_inputs
     clips_dir = tmp_path / "clips"
-    cfg = SplitConfig(preset="ultrafast")
+    cfg = SplitConfig(preset="ultrafast", write_clips=True)
     first = split_sources(sources, raw, clips_dir, cfg)
     assert first.filter(pl.col("status") == "ok").height >= 1 and list(clips_dir.glob("*.mp4"))
+    assert list(clips_dir.glob(".scenes/*")) and list(clips_dir.glob(".measure/*"))
     withdrawn = sources.with_columns(pl.lit("withdrawn").alias("consent"))
     table = split_sources(withdrawn, raw, clips_dir, cfg)
     assert table.select("source_path", "status", "reason").rows() == [("carphone.mp4", "skipped", "consent withdrawn")]
-    assert not list(clips_dir.glob("*.mp4"))  # the clip files cut before are gone
+    assert not list(clips_dir.glob("*.mp4"))  # the clip files written before are gone
+    assert not list(clips_dir.glob(".scenes/*")) and not list(clips_dir.glob(".measure/*"))  # its frame numbers too
     result = filter_clips(table, schemas.empty("scores"), FilterConfig(), withdrawn)
     assert result.rejected["reasons"].to_list() == [["consent withdrawn"]] and result.dataset.height == 0

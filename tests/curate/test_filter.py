@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from pipeline.curate.filter.rules import (
     find_duplicates,
 )
 from pipeline.curate.score.scoring import ScoreConfig, score_clips
-from tests.helpers.curation_media import clips_table, make_media
+from tests.helpers.curation_media import clips_dir, clips_table, make_media
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def scored(tmp_path_factory, carphone, bunny):
     root = tmp_path_factory.mktemp("filter")
     media = make_media(root, carphone, bunny)
     clips = clips_table(media, root)
-    scores = score_clips(clips, root, ScoreConfig(), jobs=2)
+    scores = score_clips(clips, clips_dir(root), ScoreConfig())
     return clips, scores, root
 
 
@@ -189,6 +190,7 @@ def test_stages_write_tables_metrics_and_plots(scored, tmp_path):
     keep = ["clip-carphone", "clip-carphone_copy", "clip-still", "clip-broken"]
     sub = clips.filter(pl.col("clip_id").is_in(keep)).with_columns((pl.lit(str(root) + "/") + pl.col("path")).alias("path"))
     schemas.write_table(sub, work / "data/clips.parquet", "clips")
+    shutil.copytree(clips_dir(root) / ".measure", work / "data/clips/.measure")  # what the split stage measured
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     logs = {}
     for stage in ("score", "filter"):

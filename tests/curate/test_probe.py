@@ -9,8 +9,7 @@ import pytest
 
 from pipeline.curate.probe.files import is_vfr, list_media, probe_file
 from pipeline.curate.probe.table import probe_folder
-from pipeline.curate.split.cutting import ffmpeg_binary
-from tests.helpers.synthetic_media import textured, write_video
+from tests.helpers.synthetic_media import ffmpeg_binary, textured, write_video
 
 
 def test_probe_real_samples(bikes, bunny, carphone):

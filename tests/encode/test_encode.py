@@ -6,21 +6,24 @@ import shutil
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from pipeline.cache.store import CacheStore
-from pipeline.core import schemas
+from pipeline.core import media, schemas
 from pipeline.encode.config import EncodeConfig
 from pipeline.encode.encode import encode_dataset
 from pipeline.encode.encoder import Encoder
 from pipeline.encode.jobs import VaeJob
+from pipeline.encode.pixels import load_frames
 from pipeline.encode.plan import plan_samples
 from pipeline.models.profiles import get_profile
 from pipeline.models.text_encoder import load_text_encoder, text_fingerprint
 from pipeline.models.vae import load_vae, vae_fingerprint
-from tests.helpers.encode_data import make_video, small_dataset, tables
+from tests.helpers.encode_data import LEAD, make_video, small_dataset, tables
 from tests.helpers.latents import denormalize_latents, load_sample
 
 TINY = get_profile("tiny")
@@ -111,7 +114,7 @@ def test_latents_are_the_normalised_vae_mean_and_decode_to_the_bucket(data):
 
     samples, _ = plan_samples(ds, caps, CFG, TINY, root)
     s = next(x for x in samples if x.clip_id == "clip_a")
-    pix = load_sample(s.path, s.kind, s.frame_indices, s.resize, s.size)
+    pix = load_sample(s.path, s.kind, s.source_indices(s.frame_indices), s.resize, s.size)
     with torch.no_grad():
         mu = vae.encode(pix[None]).latent_dist.mean[0]
     c = torch.tensor(vae.config.latents_mean).view(16, 1, 1, 1)
@@ -217,6 +220,21 @@ def test_clip_without_ok_caption_is_skipped_and_unreadable_clip_rejected(tmp_pat
     assert r.metrics["skips"] == [{"clip_id": "no_caption", "reason": "no ok caption"}]
     assert [x["sample_id"] for x in r.metrics["rejections"]] == ["broken#0"]
     assert "broken.mp4" in r.metrics["rejections"][0]["reason"]
+
+
+def test_sample_frames_are_read_from_the_span_of_the_source(tmp_path):
+    """Window frame k of a clip is source frame start + k: the keys hold clip indices, the reader source indices."""
+    src, row = make_video(tmp_path, "spanned", 18)
+    ds, caps = tables([row], {"spanned": "a span"})
+    (s,), _ = plan_samples(ds, caps, CFG, TINY, tmp_path)
+    assert s.path == str(tmp_path / row["path"]) == str(src) and s.frame_indices == list(range(17))
+    assert s.source_indices(s.frame_indices) == list(range(LEAD, LEAD + 17))
+    r = s.resize
+    got = load_frames(s.path, s.kind, s.source_indices(s.frame_indices[:2]), r, s.size)
+    want = media.read_frames(src, [LEAD, LEAD + 1])
+    assert np.array_equal(got, np.stack([f[r.crop_top : r.crop_top + r.height, r.crop_left : r.crop_left + r.width]
+                                         for f in (cv2.resize(x, (r.scaled_width, r.scaled_height), interpolation=cv2.INTER_AREA)
+                                                   for x in want)]))
 
 
 def test_chunk_mode_makes_several_windows(tmp_path):

@@ -106,7 +106,7 @@ def test_condition_is_first_frame_then_zeros_encoded_and_decodes_to_the_bucket(r
     samples, _ = plan_samples(ds, caps, CFG, prof, root)
     s = next(x for x in samples if x.kind == "video")
     row = rows_of(results["tiny-i2v"])["video"]
-    pix = load_sample(s.path, s.kind, s.frame_indices, s.resize, s.size)
+    pix = load_sample(s.path, s.kind, s.source_indices(s.frame_indices), s.resize, s.size)
     # what WanImageToVideoPipeline.prepare_latents builds: first frame, 16 zero frames, VAE argmax, normalised
     condition = torch.cat([pix[:, :1], torch.zeros(3, 16, *pix.shape[2:])], dim=1)
     assert torch.equal(first_frame_condition(pix[:, :1], 17), condition)
@@ -133,7 +133,7 @@ def test_image_embedding_is_the_penultimate_clip_hidden_state_of_the_first_frame
     prof = get_profile("tiny-i2v")
     samples, _ = plan_samples(ds, caps, CFG, prof, root)
     s = next(x for x in samples if x.kind == "video")
-    first = load_frames(s.path, s.kind, s.frame_indices[:1], s.resize, s.size)[0]
+    first = load_frames(s.path, s.kind, s.source_indices(s.frame_indices[:1]), s.resize, s.size)[0]
     processor, encoder = load_image_encoder(prof)
     with torch.no_grad():
         want = encoder(**processor(images=[first], return_tensors="pt"), output_hidden_states=True).hidden_states[-2][0]

@@ -156,7 +156,7 @@ KINDS: list[Kind] = [
     Kind("vidéo 日本.mp4", "non-ASCII file name", lambda p: video(p, 3), "kept"),
     Kind("rotated.mp4", "phone video with a 90° display rotation", lambda p: reencode(4, p, "-c:v", "copy", "-metadata:s:v:0", "rotate=90"), "kept"),
     Kind("late_start.mp4", "video stream starting 0.6 s after the audio", _late_start, "kept"),
-    Kind("odd_size.mp4", "odd frame size 333x187 (yuv420p needs even sizes)", lambda p: reencode(5, p, "-vf", "format=yuv444p,crop=333:187:0:0", "-c:v", "libx264", "-pix_fmt", "yuv444p", w=334, h=188), "kept"),
+    Kind("odd_size.mp4", "odd frame size 333x187 (read whole; a written clip file drops a column and a row for yuv420p)", lambda p: reencode(5, p, "-vf", "format=yuv444p,crop=333:187:0:0", "-c:v", "libx264", "-pix_fmt", "yuv444p", w=334, h=188), "kept"),
     Kind("vfr.mp4", "variable frame rate", _vfr, "kept"),
     Kind("ten_bit.mp4", "10-bit H.264 (yuv420p10le)", lambda p: reencode(6, p, "-c:v", "libx264", "-pix_fmt", "yuv420p10le"), "kept"),
     Kind("hevc.mp4", "HEVC (x265)", lambda p: reencode(7, p, "-c:v", "libx265", "-x265-params", "log-level=error"), "kept"),

@@ -1,36 +1,28 @@
-"""Shared set-up of the caption tests: real sample clips cut short, a real photo, the tiny VLM."""
+"""Shared set-up of the caption tests: spans of real sample videos, a real photo, the tiny VLM."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import polars as pl
 
-from pipeline.core import schemas
+from pipeline.core import media, schemas
 from pipeline.core.samples import sample_photo, sample_video
-from pipeline.curate.split.cutting import Encoding, cut_clip
-
-
-def frame_times(path: Path, limit: int = 200) -> list[float]:
-    """Presentation times of the first ``limit`` frames (from packets, no decoding)."""
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        pts = sorted(float(p.pts * s.time_base) for p in c.demux(s) if p.pts is not None)
-    return pts[:limit]
 
 
 def cut_sample_clips(root: Path) -> list[dict]:
-    """Three short clips of real footage (bikes, carphone) and one real photo, as dataset rows."""
+    """Three short clips of real footage (bikes, carphone) and one real photo, as dataset rows.
+
+    A clip is a span of its source: the rows name the sample videos themselves (absolute paths),
+    nothing is cut; the photo is copied under ``root`` as an RGB PNG."""
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    enc = Encoding(preset="ultrafast")
     for cid, name, start, end in (("bikes0", "bikes.mp4", 0, 30), ("bikes1", "bikes.mp4", 60, 85),
                                   ("carphone0", "carphone_pristine.mp4", 10, 40)):
         src = sample_video(name)
-        dst = root / f"{cid}.mp4"
-        n, w, h, fps = cut_clip(src, dst, frame_times(src), start, end, enc, clip_id=cid)
-        rows.append(dataset_row(cid, "video", dst, fps, n, w, h))
+        info = media.video_info(src)
+        rows.append(dataset_row(cid, "video", src, info.fps, end - start, info.width, info.height,
+                                start=start, source_frames=info.n_frames))
     from PIL import Image
 
     photo = root / "astronaut.png"
@@ -40,10 +32,15 @@ def cut_sample_clips(root: Path) -> list[dict]:
     return rows
 
 
-def dataset_row(clip_id: str, kind: str, path: Path, fps: float, n: int, w: int, h: int) -> dict:
-    """A ``dataset`` row; columns the caption stage does not read are left null."""
+def dataset_row(clip_id: str, kind: str, path: Path, fps: float, n: int, w: int, h: int, start: int = 0,
+                source_frames: int = 0) -> dict:
+    """A ``dataset`` row: the span ``[start, start + n)`` of ``path`` (a photo: 0-1); columns the
+    caption stage does not read are left null."""
+    end = 1 if kind == "image" else start + n
     known = {"clip_id": clip_id, "kind": kind, "path": str(path), "fps": fps, "n_frames": n,
-             "width": w, "height": h, "status": "ok", "reason": "", "note": ""}
+             "start_frame": 0 if kind == "image" else start, "end_frame": end, "resampled": False,
+             "source_frames": source_frames, "clip_file": "", "width": w, "height": h, "status": "ok",
+             "reason": "", "note": ""}
     return {c: known.get(c) for c in schemas.DATASET}
 
 

@@ -1,4 +1,8 @@
-"""Test data for the encode stage: small real clip files with dataset + captions rows."""
+"""Test data for the encode stage: small real source files with dataset + captions rows.
+
+A clip is a span of its source: each video clip here is the middle of a slightly longer source
+video (``LEAD`` frames before it, one after), so reading a clip's frames exercises the span's
+clip-to-source frame mapping."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core import schemas
-from pipeline.core.fs import sha256_file
+from pipeline.core.fs import sha256_file, sha256_json
 from tests.helpers.synthetic_media import panning, textured, write_video
 
 
@@ -20,13 +24,21 @@ def blank_row(table: str) -> dict:
     return {c: blank(t) for c, t in schemas.TABLES[table].items()}
 
 
-def dataset_row(clip_id: str, path: Path, root: Path, kind: str, n_frames: int, fps: float, width: int, height: int) -> dict:
-    """A ``dataset`` row (clip columns + scores) for a clip file under ``root``."""
+LEAD = 2  # source frames before each video clip's span
+
+
+def dataset_row(clip_id: str, path: Path, root: Path, kind: str, n_frames: int, fps: float, width: int, height: int,
+                start: int = 0, source_frames: int = 0) -> dict:
+    """A ``dataset`` row (clip columns + scores): the span ``[start, start + n_frames)`` of the
+    source ``path`` under ``root`` (a photo: the whole photo); ``sha256`` a content address of the span."""
     row = blank_row("dataset")
+    source_id = sha256_file(path)
+    end = 1 if kind == "image" else start + n_frames
     row.update(
-        clip_id=clip_id, source_id="src-" + clip_id, source_path=path.name, kind=kind, n_frames=n_frames, fps=fps,
-        width=width, height=height, path=path.relative_to(root).as_posix(), sha256=sha256_file(path), status="ok",
-        end_frame=n_frames, end_s=n_frames / fps if fps else 0.0,
+        clip_id=clip_id, source_id=source_id, source_path=path.name, kind=kind, n_frames=n_frames, fps=fps,
+        width=width, height=height, path=path.relative_to(root).as_posix(), source_frames=source_frames,
+        sha256=sha256_json({"source": source_id, "span": [start, end]}), status="ok",
+        start_frame=start, end_frame=end, start_s=start / fps if fps else 0.0, end_s=end / fps if fps else 0.0,
     )
     return row
 
@@ -38,15 +50,17 @@ def caption_row(clip_id: str, caption: str, status: str = "ok") -> dict:
 
 
 def make_video(root: Path, name: str, n: int, w: int = 80, h: int = 64, fps: int = 16, seed: int = 1) -> tuple[Path, dict]:
-    big = textured(h + 2 * n, w + 2 * n, seed=seed)
-    path = write_video(root / "clips" / f"{name}.mp4", panning(big, n, h, w, dx=1, dy=1), fps=fps)
-    return path, dataset_row(name, path, root, "video", n, float(fps), w, h)
+    """A source ``root/raw/<name>.mp4`` of ``LEAD + n + 1`` panning frames and the row of its ``n``-frame clip."""
+    total = LEAD + n + 1
+    big = textured(h + 2 * total, w + 2 * total, seed=seed)
+    path = write_video(root / "raw" / f"{name}.mp4", panning(big, total, h, w, dx=1, dy=1), fps=fps)
+    return path, dataset_row(name, path, root, "video", n, float(fps), w, h, start=LEAD, source_frames=total)
 
 
 def make_image(root: Path, name: str, w: int = 72, h: int = 56, seed: int = 3) -> tuple[Path, dict]:
     import cv2
 
-    path = root / "clips" / f"{name}.png"
+    path = root / "raw" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(textured(h, w, seed), cv2.COLOR_RGB2BGR))
     return path, dataset_row(name, path, root, "image", 1, 0.0, w, h)

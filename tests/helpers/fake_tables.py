@@ -1,8 +1,11 @@
-"""A small curated dataset built by hand (real tiny clip files + every table) for the report and export tests.
+"""A small curated dataset built by hand (real tiny source files + every table) for the report and export tests.
 
-Sources: two videos, one photo, one rejected file. Clips: v1a (kept, VLM caption), v1b (kept,
-edited caption), v1c (rejected: static + too dark), v2a (kept, caption failed), v2b (split error),
-p1 (kept photo). Paths in the tables are relative to ``root``, as in the repository.
+Sources (under ``root/data/raw``): two videos, one photo, one rejected file. A clip is a span of its
+source: v1a, v1b, v1c are frames 0-20, 20-40, 40-60 of alice_walk.mp4 (three scenes of 20 frames),
+v2a and v2b frames 0-20 and 20-40 of bob.mp4. Clips: v1a (kept, VLM caption), v1b (kept, edited
+caption), v1c (rejected: static + too dark), v2a (kept, caption failed), v2b (split error), p1 (kept
+photo). ``path`` in the clip tables is the source file relative to ``root``, as in the repository;
+``sha256`` a content address of the span; no clip file is written (``clip_file`` "").
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import cv2
 import polars as pl
 
 from pipeline.core import schemas
-from pipeline.core.fs import sha256_file
+from pipeline.core.fs import sha256_json
 from tests.helpers.synthetic_media import scenes_video, textured
 
 FPS = 25.0
+RAW = "data/raw"  # the sources, relative to root
 
 
 def _frame(name: str, rows: list[dict]) -> pl.DataFrame:
@@ -37,14 +41,14 @@ def _source(sid, path, kind, status="ok", reason="", w=128, h=72, n=60):
             "duration_s": n / FPS if kind == "video" else 0.0, "has_audio": False, "status": status, "reason": reason}
 
 
-def _clip(cid, sid, spath, path, kind, start, end, root, status="ok", reason="", w=128, h=72):
+def _clip(cid, sid, spath, kind, start, end, status="ok", reason="", w=128, h=72, source_frames=0):
+    """A clips row: the span [start, end) of the source ``spath`` (relative to the raw folder)."""
     n = 1 if kind == "image" else end - start
-    f = root / path
     return {"clip_id": cid, "source_id": sid, "source_path": spath, "kind": kind, "scene_index": 0,
             "start_frame": start, "end_frame": end, "start_s": start / FPS, "end_s": end / FPS, "n_frames": n,
             "fps": FPS if kind == "video" else 0.0, "resampled": False, "rotation_applied": 0, "width": w, "height": h,
-            "path": path, "sha256": sha256_file(f) if f.exists() else "", "status": status, "reason": reason,
-            "note": ""}
+            "path": f"{RAW}/{spath}", "source_frames": source_frames, "clip_file": "",
+            "sha256": sha256_json({"source": sid, "span": [start, end]}), "status": status, "reason": reason, "note": ""}
 
 
 def _score(cid, kind, motion, sharp, luma, static=0.0, black=0.0, n=20):
@@ -56,14 +60,16 @@ def _score(cid, kind, motion, sharp, luma, static=0.0, black=0.0, n=20):
 
 
 def build(root: Path) -> dict:
-    """Write clip files under ``root/data/clips`` and every table under ``root/data``; return the frames."""
-    clips_dir = root / "data" / "clips"
-    for name in ("v1a", "v1b", "v1c", "v2a"):
-        scenes_video(clips_dir / f"{name}.mp4", [20], h=72, w=128, fps=int(FPS))
+    """Write the source files under ``root/data/raw`` and every table under ``root/data``; return the frames."""
+    raw = root / RAW
+    scenes_video(raw / "people" / "alice_walk.mp4", [20, 20, 20], h=72, w=128, fps=int(FPS))
+    scenes_video(raw / "bob.mp4", [20, 20], h=72, w=128, fps=int(FPS))
     photo = textured(72, 96, seed=5)
     photo[20:50, 30:60] = (255, 40, 40)  # something to see in the thumbnail
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(clips_dir / "p1.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    (raw / "photos").mkdir(parents=True, exist_ok=True)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    (raw / "photos" / "cat <1>.png").write_bytes(png.tobytes())  # cv2.imwrite does not take every file name
+    (raw / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
 
     s1, s2, sp, sx = "a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32
     names = ("v1a", "v1b", "v1c", "v2a", "v2b", "p1")
@@ -74,13 +80,13 @@ def build(root: Path) -> dict:
                                                                    reason="truncated: 12 of 60 frames decode"),
     ])
     clips = _frame("clips", [
-        _clip(ids["v1a"], s1, "people/alice_walk.mp4", "data/clips/v1a.mp4", "video", 0, 20, root),
-        _clip(ids["v1b"], s1, "people/alice_walk.mp4", "data/clips/v1b.mp4", "video", 20, 40, root),
-        _clip(ids["v1c"], s1, "people/alice_walk.mp4", "data/clips/v1c.mp4", "video", 40, 60, root),
-        _clip(ids["v2a"], s2, "bob.mp4", "data/clips/v2a.mp4", "video", 0, 20, root),
-        _clip(ids["v2b"], s2, "bob.mp4", "data/clips/v2b.mp4", "video", 20, 40, root, status="error",
-              reason="decoded 18 frames, span says 20"),
-        _clip(ids["p1"], sp, "photos/cat <1>.png", "data/clips/p1.png", "image", 0, 1, root, w=96),
+        _clip(ids["v1a"], s1, "people/alice_walk.mp4", "video", 0, 20, source_frames=60),
+        _clip(ids["v1b"], s1, "people/alice_walk.mp4", "video", 20, 40, source_frames=60),
+        _clip(ids["v1c"], s1, "people/alice_walk.mp4", "video", 40, 60, source_frames=60),
+        _clip(ids["v2a"], s2, "bob.mp4", "video", 0, 20, source_frames=40),
+        _clip(ids["v2b"], s2, "bob.mp4", "video", 20, 40, status="error", reason="decoded 18 frames, span says 20",
+              source_frames=40),
+        _clip(ids["p1"], sp, "photos/cat <1>.png", "image", 0, 1, w=96),
     ])
     scores = _frame("scores", [
         _score(ids["v1a"], "video", 0.02, 300.0, 120.0), _score(ids["v1b"], "video", 0.03, 250.0, 110.0),

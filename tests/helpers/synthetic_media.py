@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import av
 import numpy as np
+
+
+def ffmpeg_binary() -> str:
+    """Debian's ffmpeg (the tests' setup installs it), else imageio-ffmpeg's."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, crf: int = 12) -> Path:

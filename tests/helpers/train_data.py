@@ -72,7 +72,8 @@ def make_dataset(root: Path, clips: list[dict], seed: int = 0, family: str = "wa
             "clip_id": cid, "source_id": _key(source), "source_path": f"{source}.{'png' if kind == 'image' else 'mp4'}",
             "kind": kind, "scene_index": 0, "start_frame": 10, "end_frame": 10 + n, "start_s": 0.4, "end_s": 0.4 + n / 25,
             "n_frames": n, "fps": 25.0, "resampled": False, "rotation_applied": 0, "width": w, "height": h,
-            "path": f"data/clips/{cid}.mp4", "sha256": _key(cid), "status": "ok", "reason": "", "note": "",
+            "path": f"data/raw/{source}.{'png' if kind == 'image' else 'mp4'}", "source_frames": 0, "clip_file": "",
+            "sha256": _key(cid), "status": "ok", "reason": "", "note": "",
         }))
         cap_rows.append(_filled("captions", {"kind": kind,
             "clip_id": cid, "caption": caption, "model": "tiny@0", "prompt_sha256": _key("p"), "sampling": "{}",

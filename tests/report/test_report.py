@@ -9,8 +9,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import polars as pl
 import pytest
 
+from pipeline.core import media, schemas
 from pipeline.report.report import ReportConfig, build_report
 from tests.helpers.fake_runs import manifest_row, write_run
 from tests.helpers.fake_tables import build
@@ -160,29 +162,34 @@ def test_stage_script_and_cli(project, monkeypatch, capsys):
     assert (root / "data/report/plots/hist_motion.png").exists()
 
 
-def test_a_bad_clip_file_only_loses_its_preview(tmp_path, caplog):
+def test_a_bad_source_only_loses_its_clips_previews(tmp_path, caplog):
     t = build(tmp_path)
-    (tmp_path / "data/clips/v1c.mp4").unlink()
-    (tmp_path / "data/clips/v2a.mp4").write_bytes(b"not a video")
+    (tmp_path / "data/raw/photos/cat <1>.png").unlink()  # p1: its source is missing
+    (tmp_path / "data/raw/bob.mp4").write_bytes(b"not a video")  # v2a: its source does not decode
+    clips = t["clips"].with_columns(  # v1c: the source changed since the split (it had 99 frames then)
+        source_frames=pl.when(pl.col("clip_id") == t["ids"]["v1c"]).then(99).otherwise(pl.col("source_frames")))
+    schemas.write_table(clips, tmp_path / "data/clips.parquet", "clips")
     index = build_report(tmp_path / "data", tmp_path / "report", tmp_path / "no_lora", {}, ReportConfig(thumb_width=64),
                          root=tmp_path)
     text = index.read_text()
-    for name in ("v1c", "v2a", "v2b"):  # missing, undecodable, split error
+    for name in ("v1c", "v2a", "v2b", "p1"):  # changed, undecodable, split error, missing
         row = text[text.index(f'id="clip-{t["ids"][name]}"'):]
         assert row[:row.index("</tr>")].count("no preview") == 1
-    assert len([s for s in _img_srcs(text) if s.startswith("thumbs/")]) == 2 * 3 + 1
-    assert "clip file missing" in caplog.text
+    assert len([s for s in _img_srcs(text) if s.startswith("thumbs/")]) == 2 * 3
+    assert "source file missing" in caplog.text and "99 when it was split" in caplog.text
 
 
-def test_video_frames_of_a_clip_shorter_than_its_row(tmp_path):
+def test_video_frames_of_a_span_shorter_than_its_row(tmp_path):
+    from pipeline.core.clip import ClipSpan
     from pipeline.report.thumbs import video_frames
     from tests.helpers.synthetic_media import scenes_video
 
-    path, _ = scenes_video(tmp_path / "c.mp4", [12], h=32, w=48)
-    first, middle, last = video_frames(path, 40)  # the row says 40 frames, the file has 12
+    path, _ = scenes_video(tmp_path / "c.mp4", [6, 12], h=32, w=48)
+    first, middle, last = video_frames(ClipSpan(str(path), "video", 6, 18), 40)  # the row says 40 frames, the span has 12
     assert first.shape == (32, 48, 3)
+    assert np.array_equal(first, media.read_frames(path, [6])[0])  # clip frame 0 is source frame 6
     assert not np.array_equal(first, last)
-    assert np.array_equal(middle, last)  # frame 20 does not exist: the last decoded frame stands in
+    assert np.array_equal(middle, last)  # clip frame 20 does not exist: the span's last frame stands in
 
 
 def test_two_expert_run_lists_each_expert(project, tmp_path):

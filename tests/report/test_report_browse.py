@@ -109,21 +109,24 @@ def _visible(dom: _Rows, ids: dict) -> set[str]:
     return {names[cid] for cid, row in dom.rows.items() if not row["hidden"]}
 
 
-def test_every_decodable_clip_has_a_video_of_its_file_with_the_middle_thumbnail_as_poster(report):
+def test_every_decodable_clip_has_a_video_of_its_span_with_the_middle_thumbnail_as_poster(report):
     index, ids = report
     page = parse(index.read_text())
     assert len(page.rows) == 6
-    videos = {Path(unquote(v["src"])).name: v for v in page.videos if "preview" in (v.get("class") or "")}
-    # the four video clips that decode; v2b (split error) has no file, p1 is a photo
-    assert sorted(videos) == ["v1a.mp4", "v1b.mp4", "v1c.mp4", "v2a.mp4"]
-    for name, v in videos.items():
-        assert (index.parent / unquote(v["src"])).resolve() == (index.parent.parent / "clips" / name).resolve()
+    previews = [v for v in page.videos if "preview" in (v.get("class") or "")]
+    # the four video clips that decode; v2b (split error) has no preview, p1 is a photo. A clip is a span of its
+    # source: the video is the source file with a media fragment, the span's start and end in seconds
+    spans = sorted(v["src"] for v in previews)
+    assert spans == ["../raw/bob.mp4#t=0.000,0.800", "../raw/people/alice_walk.mp4#t=0.000,0.800",
+                     "../raw/people/alice_walk.mp4#t=0.800,1.600", "../raw/people/alice_walk.mp4#t=1.600,2.400"]
+    for v in previews:
+        assert (index.parent / unquote(v["src"].split("#")[0])).is_file()
         assert v["preload"] == "none" and "controls" in v
         assert re.fullmatch(r"thumbs/[0-9a-f]{64}_w96_1\.jpg", v["poster"])  # the middle of first, middle, last
         assert (index.parent / v["poster"]).is_file()
-    # the photo opens the photo file (its name percent-encoded: a space and <1>)
-    photo = [h for h in page.links if "clips/" in h]
-    assert photo == ["../clips/p1.png"] and (index.parent / unquote(photo[0])).is_file()
+    # the photo opens the photo file (its name percent-encoded: a space and <1>), no fragment
+    photo = [h for h in page.links if "raw/" in h]
+    assert photo == ["../raw/photos/cat%20%3C1%3E.png"] and (index.parent / unquote(photo[0])).is_file()
     assert 'data-search="e1b' in index.read_text() and "sks woman turns to the camera" in page.rows[ids["v1b"]]["data-search"]
 
 

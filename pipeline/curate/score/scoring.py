@@ -1,15 +1,17 @@
-"""Score clips: decode each clip once at a reduced resolution, run every scorer on those frames.
+"""Score clips: aggregate the measurements the split stage made of each source over each clip's span.
 
-Clips are scored in parallel worker processes with a progress bar. A clip that cannot be
-decoded (or whose scoring raises) becomes an ``error`` row with a one-line reason naming the
-file; the other clips go on.
+No frame is decoded here: the split stage's one decode of a source measured its sampled frames
+(``data/clips/.measure``), and each clip's scores are computed from the rows inside its span
+(:mod:`pipeline.curate.score.scorers`), so changing a threshold or ``max_frames`` re-runs this stage in
+seconds. Aggregating is cheap, so it runs in this process (on ``engine: ray``, as Ray tasks, one
+per source), with a progress bar. A clip whose measurements are missing or unreadable becomes an ``error`` row with a one-line reason
+naming the file; the other clips go on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,8 @@ from tqdm import tqdm
 
 from pipeline.core import schemas
 from pipeline.core.errors import one_line
+from pipeline.curate.measure.config import measure_file
 from pipeline.curate.score.config import ScoreConfig
-from pipeline.curate.score.frames import decode_frames
 from pipeline.curate.score.scorers import (
     BorderScorer,
     ExposureScorer,
@@ -28,6 +30,7 @@ from pipeline.curate.score.scorers import (
     PHashScorer,
     Scorer,
     SharpnessScorer,
+    SpanMeasures,
 )
 
 if TYPE_CHECKING:
@@ -39,10 +42,10 @@ log = logging.getLogger(__name__)
 def make_scorers(cfg: ScoreConfig) -> list[Scorer]:
     """The scorers the score stage runs, in column order."""
     return [
-        MotionScorer(static_pair_motion=cfg.static_pair_motion, flow_short_side=cfg.flow_short_side),
+        MotionScorer(static_pair_motion=cfg.static_pair_motion),
         SharpnessScorer(),
-        ExposureScorer(black_level=cfg.black_level, white_level=cfg.white_level, pixel_share=cfg.pixel_share),
-        BorderScorer(dark_level=cfg.black_level, pixel_share=cfg.pixel_share),
+        ExposureScorer(pixel_share=cfg.pixel_share),
+        BorderScorer(pixel_share=cfg.pixel_share),
         PHashScorer(),
         FaceScorer(min_confidence=cfg.face_min_confidence, min_share=cfg.face_min_share, enabled=cfg.faces),
     ]
@@ -61,14 +64,18 @@ def _base_row(clip: dict) -> dict:
     }
 
 
-def score_clip(clip: dict, root: str | os.PathLike, cfg: ScoreConfig, scorers: list[Scorer] | None = None) -> dict:
-    """A scores row for one clips row (``path`` relative to ``root``). Raises on failure."""
+def score_clip(clip: dict, measures: pl.DataFrame, cfg: ScoreConfig, scorers: list[Scorer] | None = None) -> dict:
+    """A scores row for one clips row, from its source's measurements. Raises on failure."""
     scorers = scorers if scorers is not None else make_scorers(cfg)
-    frames = decode_frames(Path(root) / clip["path"], clip["kind"], cfg.sampling, int(clip.get("n_frames") or 0))
+    start, end = (0, 1) if clip["kind"] == "image" else (int(clip["start_frame"]), int(clip["end_frame"]))
+    span = SpanMeasures.of(measures, start, end, clip["kind"], cfg.max_frames)
+    if span.rows.height == 0:
+        raise ValueError(f"{clip['path']}: no sampled frame in frames {start}-{end}")
+    fps = float(clip.get("fps") or 0.0)
     row = _base_row(clip)
-    row.update(duration_s=frames.duration_s, width=frames.width, height=frames.height, n_sampled=len(frames.gray))
+    row.update(duration_s=int(clip["n_frames"] or 0) / fps if fps > 0 else 0.0, n_sampled=span.used.height)
     for scorer in scorers:
-        row.update(scorer(frames))
+        row.update(scorer(span))
     return row
 
 
@@ -80,49 +87,56 @@ def error_row(clip: dict, reason: str, scorers: list[Scorer]) -> dict:
     return row
 
 
-def _score_one(args) -> dict:
-    clip, root, cfg = args
-    # No cv2.setNumThreads here: in a forked worker whose parent already ran OpenCV it deadlocks
-    # (it tries to stop the parent's thread pool). The frames are small; OpenCV barely threads them.
+def _score_source(args) -> list[dict]:
+    clips, path, cfg = args
     scorers = make_scorers(cfg)
     try:
-        return score_clip(clip, root, cfg, scorers)
-    except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the batch
-        msg = one_line(exc, with_type=False)
-        if clip["path"] not in msg:
-            msg = f"{clip['path']}: {one_line(exc)}"
-        return error_row(clip, msg, scorers)
+        measures = schemas.read_table(path, "measures")
+    except Exception as exc:  # noqa: BLE001 - one bad source must not stop the batch
+        reason = (f"{clips[0]['path']}: no measurements at {path} for score params "
+                  f"{cfg.measure().key()} (run the split stage: dvc repro split)" if not Path(path).exists()
+                  else one_line(exc, with_type=False))
+        return [error_row(c, reason, scorers) for c in clips]
+    out = []
+    for clip in clips:
+        try:
+            out.append(score_clip(clip, measures, cfg, scorers))
+        except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the batch
+            msg = one_line(exc, with_type=False)
+            out.append(error_row(clip, msg if clip["path"] in msg else f"{clip['path']}: {one_line(exc)}", scorers))
+    return out
 
 
-def score_clips(clips: pl.DataFrame, root: str | os.PathLike = ".", cfg: ScoreConfig = ScoreConfig(),
-                jobs: int = 1, ray: RayEngine | None = None) -> pl.DataFrame:
-    """Score every ``ok`` clip of a clips table; return the scores table (sorted by clip_id).
-    With ``ray``, clips are scored as Ray tasks (the same function) instead of ``jobs`` local processes."""
-    make_scorers(cfg)  # a missing face model fails here, once, not in every clip's worker
+def score_clips(clips: pl.DataFrame, clips_dir: str | os.PathLike, cfg: ScoreConfig = ScoreConfig(),
+                ray: RayEngine | None = None) -> pl.DataFrame:
+    """Score every ``ok`` clip of a clips table from the measurements in ``clips_dir``; return the
+    scores table (sorted by clip_id). With ``ray``, sources are aggregated as Ray tasks (the same
+    function). (Not in a local process pool: polars in a forked child of a process that already ran
+    polars can deadlock, and aggregating takes milliseconds a clip.)"""
     ok = clips.filter(pl.col("status") == "ok").to_dicts()
     skipped = clips.height - len(ok)
     if skipped:
-        log.info("score: skipping %d clip(s) the split stage marked as errors", skipped)
-    tasks = [(c, str(root), cfg) for c in ok]
+        log.info("score: skipping %d row(s) the split stage marked as errors or skipped sources", skipped)
+    by_source: dict[str, list[dict]] = {}
+    for c in ok:
+        by_source.setdefault(c["source_id"], []).append(c)
+    tasks = [(rows, str(measure_file(clips_dir, sid, cfg.measure())), cfg) for sid, rows in by_source.items()]
     rows: list[dict] = []
-    bar = tqdm(total=len(tasks), desc="score", unit="clip")
+    bar = tqdm(total=len(ok), desc="score", unit="clip")
 
-    def done(row: dict) -> None:
-        if row["status"] != "ok":
-            log.warning("score: %s", row["reason"])
-        rows.append(row)
-        bar.update()
+    def done(result: list[dict]) -> None:
+        for row in result:
+            if row["status"] != "ok":
+                log.warning("score: %s", row["reason"])
+            rows.append(row)
+        bar.update(len(result))
 
     if ray is not None:
-        for row in ray.map_items(_score_one, tasks, name="score"):
-            done(row)
-    elif jobs <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            done(_score_one(task))
+        for result in ray.map_items(_score_source, tasks, name="score"):
+            done(result)
     else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            for fut in as_completed([pool.submit(_score_one, t) for t in tasks]):
-                done(fut.result())
+        for task in tasks:
+            done(_score_source(task))
     bar.close()
     if not rows:
         return schemas.empty("scores")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.clip_writer import Encoding, encoder_available
 from pipeline.core.config import ParamsError, fail, setting
 from pipeline.core.fs import sha256_json
-from pipeline.curate.split.cutting import Encoding, ffmpeg_binary
 from pipeline.curate.split.scenes import DETECTORS
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
@@ -25,11 +23,12 @@ class SplitConfig:
     max_s: float = setting(10.0, min=0)  # longer scenes are cut into pieces of this length; 0 = no limit
     trim_frames: int = setting(1, min=0)  # frames removed on each side of every cut
     fps: float | None = setting(None, above=0)  # resample clips to this rate; None keeps the source's
-    codec: str = "libx264"  # ffmpeg video encoder of the clip files
+    write_clips: bool = False  # also write every clip as a file under data/clips (the stages read the source spans either way)
+    codec: str = "libx264"  # video encoder of written clip files (write_clips, vlp export)
     crf: int = setting(18, min=0, max=63)
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
-    jobs: int = setting(0, min=0)  # videos in parallel; 0 = all cores
+    jobs: int = setting(0, min=0)  # videos decoded in parallel; 0 = all cores
 
     def check(self) -> None:
         if self.max_s and self.max_s < self.min_s:
@@ -43,9 +42,9 @@ class SplitConfig:
                 if key not in known:
                     raise ParamsError(f"params.yaml split.detectors.{name}.{key}: unknown option of PySceneDetect's "
                                       f"{DETECTORS[name].__name__} (known: {', '.join(sorted(known))})")
-        if self.codec not in ffmpeg_video_encoders():
-            raise fail("split.codec", self.codec, "an ffmpeg video encoder available here, e.g. libx264, libx265, "
-                                                  "libvpx-vp9 (ffmpeg -encoders lists them)")
+        if not encoder_available(self.codec):
+            raise fail("split.codec", self.codec, "a video encoder of PyAV's FFmpeg here, e.g. libx264, libx265, "
+                                                  "libvpx-vp9")
         if self.codec.startswith("libx26") and self.preset not in X264_PRESETS:
             raise fail("split.preset", self.preset, "one of " + ", ".join(X264_PRESETS))
 
@@ -68,17 +67,3 @@ class SplitConfig:
             {"detector": self.detector, "options": self.detector_options, "min_scene_len": self.min_scene_len}
         )[:16]
 
-
-@functools.cache
-def ffmpeg_video_encoders() -> frozenset[str]:
-    """Names of the video encoders of the ffmpeg found here."""
-    try:
-        out = subprocess.run([ffmpeg_binary(), "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
-    except Exception:  # noqa: BLE001 - no ffmpeg: the first cut says so, naming the fix
-        return frozenset({"libx264"})
-    names = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0].startswith("V"):
-            names.add(parts[1])
-    return frozenset(names)

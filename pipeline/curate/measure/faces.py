@@ -1,4 +1,4 @@
-"""Find faces in a clip's frames: MTCNN (Zhang et al., 2016) run by OpenCV's dnn module.
+"""Find faces in a frame: MTCNN (Zhang et al., 2016) run by OpenCV's dnn module.
 
 MTCNN is three small CNNs in a cascade: P-Net proposes face windows over an image pyramid, R-Net
 and O-Net refine and re-score them. The weights are the ONNX files shipped inside the
@@ -11,7 +11,7 @@ The networks were converted from a model trained on transposed images (the origi
 code's column-major layout), so every network input here is transposed (width before height) and
 P-Net's output maps are transposed back.
 
-The networks are opened once per process (``_nets``): the score stage's worker processes each open
+The networks are opened once per process (``_nets``): the split stage's worker processes each open
 their own. (Batching a clip's frames through P-Net, or keeping one network per input shape, showed no
 clear gain on the 2-core machine.)
 """
