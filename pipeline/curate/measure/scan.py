@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -31,11 +33,12 @@ from scenedetect import FrameTimecode
 
 from pipeline.core import media
 from pipeline.curate.measure.config import MeasureConfig
-from pipeline.curate.measure.measures import SampledFrame, make_measures, measure_frame
+from pipeline.curate.measure.measures import FaceMeasure, SampledFrame, make_measures, measure_frame
 
 log = logging.getLogger(__name__)
 
 DETECTION_WIDTH = 256  # PySceneDetect's DEFAULT_MIN_WIDTH: frames are downscaled to about this long side
+FACES_IN_FLIGHT = 8  # colour frames waiting for the face thread at most (about 0.3 MB each)
 
 
 class ScanError(RuntimeError):
@@ -82,14 +85,16 @@ def _upright(a: np.ndarray, rotation: int) -> np.ndarray:
 
 
 class _Scaler:
-    """Frames scaled (area averaging) and converted by swscale, with one context kept for the whole
-    source (a new one per frame costs several times the scaling)."""
+    """Frames scaled (area averaging) and converted by swscale, with one context per output size and
+    format kept for the whole source: a context made again for every frame (or shared by two sizes,
+    which makes it again at every switch) costs about ten times the scaling of a 720p frame."""
 
     def __init__(self) -> None:
-        self._reformatter = VideoReformatter()
+        self._reformatters: dict[tuple[int, int, str], VideoReformatter] = {}
 
     def __call__(self, frame: av.VideoFrame, size: tuple[int, int], fmt: str, rotation: int = 0) -> np.ndarray:
-        a = self._reformatter.reformat(frame, width=size[0], height=size[1], format=fmt, interpolation="AREA").to_ndarray()
+        r = self._reformatters.setdefault((size[0], size[1], fmt), VideoReformatter())
+        a = r.reformat(frame, width=size[0], height=size[1], format=fmt, interpolation="AREA").to_ndarray()
         return _upright(a, rotation)
 
 
@@ -108,6 +113,11 @@ def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: M
     gray_size = scaled_size(info.width, info.height, cfg.short_side) if cfg else (0, 0)
     face_size = scaled_size(info.width, info.height, cfg.face_short_side) if cfg and cfg.faces else (0, 0)
     scale = _Scaler()
+    faces = next((m for m in measures if isinstance(m, FaceMeasure)), None)
+    inline = [m for m in measures if m is not faces]
+    # MTCNN runs in its own thread (OpenCV releases the GIL), beside the decode and the other measurers
+    face_thread = ThreadPoolExecutor(1, thread_name_prefix="faces") if faces is not None else None
+    waiting: deque[tuple[dict, Future]] = deque()
     cuts: list[int] = []
     rows: list[dict] = []
     last = -1
@@ -120,16 +130,25 @@ def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: M
                 bgr = scale(frame, det_size, "bgr24")
                 cuts += [int(c.frame_num) for c in detector.process_frame(FrameTimecode(i, fps), bgr)]
             if cfg is not None and i % step == 0:
-                rgb_small = scale(frame, gray_size, "rgb24", rotation)
-                gray = cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY)
-                colour = None
-                if cfg.faces and (i // step) % face_every == 0:
-                    colour = scale(frame, face_size, "rgb24", rotation)
-                rows.append(measure_frame(measures, SampledFrame(i, info.times[i], gray, colour)))
+                gray = cv2.cvtColor(scale(frame, gray_size, "rgb24", rotation), cv2.COLOR_RGB2GRAY)
+                row = measure_frame(inline, SampledFrame(i, info.times[i], gray))
+                rows.append(row)
+                if faces is not None and face_thread is not None and (i // step) % face_every == 0:
+                    colour = SampledFrame(i, info.times[i], gray, scale(frame, face_size, "rgb24", rotation))
+                    waiting.append((row, face_thread.submit(faces, colour)))
+                    while len(waiting) > FACES_IN_FLIGHT:
+                        done, result = waiting.popleft()
+                        done.update(result.result())
             if progress is not None and decoded % 64 == 0:
                 progress(64)
+        while waiting:
+            done, result = waiting.popleft()
+            done.update(result.result())
     except av.FFmpegError as exc:
         raise ScanError(f"{path}: cannot decode frame {last + 1}: {exc}") from exc
+    finally:
+        if face_thread is not None:
+            face_thread.shutdown(cancel_futures=True)
     if progress is not None:
         progress(decoded % 64)
     if decoded == 0:
