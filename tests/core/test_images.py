@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from pipeline.core.clip import ClipSpan
 from pipeline.core.samples import sample_photo
 from pipeline.curate.probe.files import probe_file
 from pipeline.curate.probe.table import probe_folder
@@ -38,20 +39,23 @@ def test_truncated_jpeg_is_rejected(tmp_path):
     assert r["status"] == "rejected" and "truncated" in r["reason"], r["reason"]
 
 
-def test_photo_becomes_one_upright_png_clip(tmp_path, carphone):
+def test_photo_becomes_one_upright_clip_and_png_file(tmp_path, carphone):
     raw = tmp_path / "raw"
     (raw / "photos").mkdir(parents=True)
     _exif_rotated(raw / "photos" / "side.jpg")
     shutil.copy(sample_photo("astronaut.png"), raw / "photos" / "astronaut.png")
     shutil.copy(carphone, raw / "carphone.mp4")
     sources = probe_folder(raw)
-    clips = split_sources(sources, raw, tmp_path / "clips", SplitConfig(), jobs=1)
+    clips = split_sources(sources, raw, tmp_path / "clips", SplitConfig(write_clips=True), jobs=1)
     photos = {r["source_path"]: r for r in clips.filter(pl.col("kind") == "image").to_dicts()}
     assert set(photos) == {"photos/side.jpg", "photos/astronaut.png"}
     side = photos["photos/side.jpg"]
-    assert side["status"] == "ok" and side["n_frames"] == 1 and side["path"].endswith(".png")
-    im = Image.open(side["path"])
-    assert im.mode == "RGB" and im.size == (100, 200)  # upright: the EXIF rotation was applied
+    assert side["status"] == "ok" and side["n_frames"] == 1 and side["path"].endswith("photos/side.jpg")
+    assert (side["width"], side["height"]) == (100, 200)
+    assert ClipSpan.from_row(side).read().shape == (1, 200, 100, 3)  # what every stage reads: upright
+    im = Image.open(side["clip_file"])  # split.write_clips: the upright photo as a PNG
+    assert side["clip_file"].endswith(".png") and im.mode == "RGB" and im.size == (100, 200)
+    assert np.array_equal(np.asarray(im), ClipSpan.from_row(side).read()[0])
     # the upright pixels are the stored ones turned 90 degrees clockwise
     stored = np.asarray(Image.open(raw / "photos" / "side.jpg").convert("RGB"), dtype=np.int16)
     assert np.abs(np.asarray(im, dtype=np.int16) - np.rot90(stored, k=-1)).mean() < 3

@@ -100,7 +100,7 @@ def test_the_documented_defaults_are_the_code_defaults():
 
 @pytest.mark.parametrize("group, key, value, match", [
     ("split", "detector", "bogus", "split.detector: 'bogus' is not allowed: must be one of adaptive"),
-    ("split", "codec", "bogus264", "split.codec: 'bogus264' is not allowed: an ffmpeg video encoder"),
+    ("split", "codec", "bogus264", "split.codec: 'bogus264' is not allowed: a video encoder of PyAV's FFmpeg"),
     ("split", "max_s", 0.5, "split.max_s: 0.5 is not allowed: must be 0 .* >= split.min_s"),
     ("split", "trim_frames", -1, "split.trim_frames: -1 is not allowed: must be >= 0"),
     ("score", "short_side", 0, "score.short_side: 0 is not allowed: must be >= 16"),

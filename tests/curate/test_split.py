@@ -165,8 +165,8 @@ def test_rerun_is_incremental(tmp_path, bikes, carphone, monkeypatch):
     _, first = _split(raw, out)
     calls = []
     real_scan = split_mod.scan_video
-    monkeypatch.setattr(split_mod, "scan_video", lambda p, r, d, m: calls.append((p.name, d is not None, m is not None))
-                        or real_scan(p, r, d, m))
+    monkeypatch.setattr(split_mod, "scan_video", lambda p, r, d, m, **k: calls.append((p.name, d is not None, m is not None))
+                        or real_scan(p, r, d, m, **k))
     _, again = _split(raw, out)  # no previous table: the index in the clips folder
     assert calls == [] and again.equals(first)
     shutil.copy(bikes, raw / "bikes.mp4")

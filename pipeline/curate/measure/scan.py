@@ -13,7 +13,8 @@ swscale: no full-size RGB copy of any frame.
   ``score.face_short_side``), through :mod:`pipeline.curate.measure.measures`.
 
 Memory stays flat whatever the length: one frame in flight, the previous small frame for the
-optical flow, the detector's few-frame window, and the measurement rows (about 2 KB a sampled frame).
+optical flow, the detector's few-frame window, at most ``FACES_IN_FLIGHT`` colour frames waiting for
+the face thread, and the measurement rows (about 2 KB a sampled frame).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class _Scaler:
 def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: MeasureConfig | None = None,
                progress: Callable[[int], None] | None = None) -> Scan:
     """Decode ``path`` once: scenes with ``detector`` (a PySceneDetect detector; None: not detected)
-    and the measurements of ``cfg`` (None: not measured). ``progress(n)`` is called with frames done."""
+    and the measurements of ``cfg`` (None: not measured). ``progress(n)`` is called every 64 frames
+    decoded, with the frames decoded since the last call."""
     info = media.video_info(path)
     if info.n_frames < 1:
         raise ScanError(f"{path}: no frame")

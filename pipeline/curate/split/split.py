@@ -164,6 +164,24 @@ def split_image(source: dict, raw_root: Path, clips_dir: Path, cfg: SplitConfig,
     return [row]
 
 
+class _ProgressLog:
+    """Logs a long video's decode every ``every_s`` seconds (the stage's bar counts whole videos; this
+    runs in the worker that decodes it)."""
+
+    def __init__(self, name: str, total: int, every_s: float = 30.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.done = 0
+        self.start = self.logged = time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.logged >= self.every_s:
+            self.logged = now
+            log.info("split: %s: %d of %d frames decoded (%.0f frames/s)", self.name, self.done, self.total,
+                     self.done / max(now - self.start, 1e-9))
+
+
 def _scan(src: Path, source: dict, rotation: int, clips_dir: Path, cfg: SplitConfig,
           measure: MeasureConfig, out: dict[str, list[dict]]) -> tuple[list[tuple[int, int]], list[str]]:
     """The source's scenes, decoding it once for what is not cached yet (scenes, measurements: put
@@ -176,7 +194,8 @@ def _scan(src: Path, source: dict, rotation: int, clips_dir: Path, cfg: SplitCon
         return scenes, notes
     detector = make_detector(cfg.detector, cfg.min_scene_len, cfg.detector_options) if scenes is None else None
     t = time.perf_counter()
-    scan = scan_video(src, rotation, detector, None if measure_cache.exists() else measure)
+    scan = scan_video(src, rotation, detector, None if measure_cache.exists() else measure,
+                      progress=_ProgressLog(source["path"], int(source.get("n_frames") or 0)))
     seconds = time.perf_counter() - t
     log.info("split: %s: decoded %d frames in %.1f s (%.0f frames/s)%s", source["path"], scan.decoded, seconds,
              scan.decoded / max(seconds, 1e-9), "" if detector else " (scenes cached)")
