@@ -150,10 +150,10 @@ def _write_clip_file(row: dict, clips_dir: Path, cfg: SplitConfig, previous: dic
 def split_image(source: dict, raw_root: Path, clips_dir: Path, cfg: SplitConfig, measure: MeasureConfig,
                 previous: dict[str, dict], out: dict[str, list[dict]]) -> list[dict]:
     """An image source is one one-frame clip: the upright photo; measured here for the score stage."""
-    row = _row(source, raw_root, Span(0, 0, 1), [0.0], cfg, 0, kind="image")
+    # the rotation is part of the id, as it was when photos became PNG clip files
+    row = _row(source, raw_root, Span(0, 0, 1), [0.0], cfg, int(source.get("rotation") or 0), kind="image")
     upright = open_image_rgb(raw_root / source["path"])
-    row.update(n_frames=1, fps=0.0, end_s=0.0, width=upright.width, height=upright.height, source_frames=0,
-               rotation_applied=int(source.get("rotation") or 0))
+    row.update(n_frames=1, fps=0.0, end_s=0.0, width=upright.width, height=upright.height, source_frames=0)
     cache = measure_file(clips_dir, source["source_id"], measure)
     if not cache.exists():
         import numpy as np
