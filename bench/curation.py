@@ -10,7 +10,7 @@ Inputs (``--inputs``, default both):
 
 Each run of a side is its own child process (interpreter start and imports included) in a fresh temp
 folder; the parent times it and samples the summed PSS (proportional set size: shared pages counted
-once) of the child and all its descendants every 50 ms for the peak memory; the CPU seconds of the
+once) of the child and all its descendants every 200 ms for the peak memory; the CPU seconds of the
 whole tree come from ``getrusage(RUSAGE_CHILDREN)``. Ours calls the functions the DVC stages call, with
 jobs = all cores (``--jobs``): probe, split (decode once: scene detection + per-frame measurements; no
 clip files), score (aggregates the measurements), filter; each writes its table as the stage does.
@@ -20,6 +20,7 @@ pair; the ratio is taken per pair (ours / theirs) so slow drift in the machine's
 of a ratio alike. Usage::
 
     python bench/curation.py [--inputs samples long] [--pairs 3] [--json OUT]
+    python bench/curation.py --inputs samples --no-faces   # ours without the face pass (score.faces: false)
     python bench/curation.py --quick          # one pair on one sample video: a smoke test of the script
     python bench/curation.py VIDEO ...        # your own videos instead (input "custom")
 
@@ -53,14 +54,18 @@ BENCH_DIR = ROOT / ".bench"
 TARGET = 0.3  # issue #19: ours <= 0.3x theirs
 STAGES = ("imports", "probe", "split", "score", "filter")
 QUICK_VIDEO = "bikes.mp4"
-SAMPLE_INTERVAL_S = 0.05
+# Reading a process tree's PSS (psutil: /proc/PID/smaps_rollup of each process) costs about 20 ms of CPU for
+# our three processes: every 50 ms it took a quarter of a core, on a 2-core machine, from the side that uses
+# both cores (ours). Every 200 ms: a sixteenth.
+SAMPLE_INTERVAL_S = 0.2
 
 
 # ---------------------------------------------------------------- the two sides (run in the child)
 
 
-def run_ours(raw: Path, work: Path, jobs: int) -> dict:
-    """Our curation, as the probe/split/score/filter stages run it; returns per-stage seconds."""
+def run_ours(raw: Path, work: Path, jobs: int, faces: bool = True) -> dict:
+    """Our curation, as the probe/split/score/filter stages run it; returns per-stage seconds.
+    ``faces``: ``score.faces`` (``--no-faces``: what the face pass costs)."""
     steps: dict[str, float] = {}
     t = time.perf_counter()
     from pipeline.core import schemas
@@ -75,7 +80,7 @@ def run_ours(raw: Path, work: Path, jobs: int) -> dict:
 
     steps["imports"] = time.perf_counter() - t
     jobs = resolve_jobs(jobs)
-    score_cfg = ScoreConfig()
+    score_cfg = ScoreConfig(faces=faces)
 
     t = time.perf_counter()
     paths = sorted(p.resolve() for p in raw.iterdir() if p.is_file())
@@ -118,7 +123,7 @@ def scenedetect_argv() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "scenedetect"]
 
 
-def run_theirs(raw: Path, work: Path, jobs: int) -> dict:  # noqa: ARG001 - the CLI has no jobs setting
+def run_theirs(raw: Path, work: Path, jobs: int, faces: bool = True) -> dict:  # noqa: ARG001 - the CLI has neither
     """``scenedetect -i VIDEO detect-adaptive split-video -o DIR``, one video after the other."""
     cmd = scenedetect_argv()
     n, per_video = 0, {}
@@ -154,14 +159,14 @@ def _tree_pss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(side: str, raw: Path, jobs: int, tmp_root: str | None) -> dict:
+def measure(side: str, raw: Path, jobs: int, tmp_root: str | None, faces: bool = True) -> dict:
     """Run one side in a child process in a fresh folder: wall s, peak summed PSS, CPU s, its report."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{side}-", dir=tmp_root) as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
         report, log = Path(tmp) / "report.json", Path(tmp) / "child.log"
         argv = [sys.executable, str(HERE), "--side", side, "--raw", str(raw), "--work", str(work),
-                "--report", str(report), "--jobs", str(jobs)]
+                "--report", str(report), "--jobs", str(jobs), *([] if faces else ["--no-faces"])]
         load_before = os.getloadavg()
         ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         ru_self = resource.getrusage(resource.RUSAGE_SELF)
@@ -358,6 +363,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help=f"one pair on {QUICK_VIDEO} only: a smoke test of the script")
     ap.add_argument("--only", choices=list(SIDES), help="run one side only (no ratio): for checking the script")
     ap.add_argument("--jobs", type=int, default=0, help="ours: worker processes (default 0 = all cores)")
+    ap.add_argument("--no-faces", action="store_true", help="ours with score.faces: false (what the face pass costs)")
     ap.add_argument("--long-video", type=Path, default=BENCH_DIR / "long720.mp4",
                     help="the long input (built by bench/make_long_video.py when missing)")
     ap.add_argument("--tmp", help="folder for the runs' temp folders (default: the system's)")
@@ -368,10 +374,12 @@ def main() -> int:
     ap.add_argument("--report", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.side:  # child: run one side, write its report
-        out = SIDES[args.side](Path(args.raw), Path(args.work), args.jobs)
+    if args.side:  # child: run one side, write its report, end as a stage's process ends
+        out = SIDES[args.side](Path(args.raw), Path(args.work), args.jobs, not args.no_faces)
         Path(args.report).write_text(json.dumps(out))
-        return 0
+        from pipeline.core.exit import exit_process
+
+        exit_process(0)
 
     if args.pairs < 1:
         ap.error("--pairs must be at least 1")
@@ -400,7 +408,7 @@ def main() -> int:
                 order = sides if i % 2 == 0 else sides[::-1]
                 pair: dict = {"first": order[0]}
                 for side in order:
-                    r = measure(side, raw, args.jobs, args.tmp)
+                    r = measure(side, raw, args.jobs, args.tmp, not args.no_faces)
                     pair[side] = r
                     print(f"[{name}] pair {i + 1}/{pairs} {side:6}: {r['wall_s']:8.2f} s  CPU {r['cpu_s']:7.1f} s  "
                           f"peak PSS {r['peak_pss_mib']:6.0f} MiB  clips {r['clips']:4d}  load1 "

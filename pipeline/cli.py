@@ -22,6 +22,7 @@ from pipeline import __version__
 from pipeline.core.cli import CommandError, UsageError
 from pipeline.core.config import ParamsError
 from pipeline.core.errors import one_line
+from pipeline.core.exit import exit_process
 from pipeline.core.logs import setup_logging
 
 # packages whose cli module registers commands, in the order the help lists them
@@ -118,5 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def run() -> NoReturn:
+    """The ``vlp`` command (its console script): :func:`main`, then the process ends."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,9 +1,8 @@
 """DVC stage 'train' (see dvc.yaml): the same runner as `vlp train`."""
 
-import sys
-
+from pipeline.core.exit import exit_process
 from pipeline.core.stage import stage_main
 from pipeline.train.stage import run
 
 if __name__ == "__main__":
-    sys.exit(stage_main("train", run))
+    exit_process(stage_main("train", run))

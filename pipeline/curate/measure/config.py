@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.core.fs import sha256_json
 
 MEASURE_CACHE = ".measure"  # in the clips folder: one parquet file per source and measurement settings
-VERSION = 1  # of the measurements: bump when what a measurer computes changes
+VERSION = 2  # of the measurements: bump when what a measurer computes changes (2: luma straight from swscale, faces on onnxruntime)
 
 
 @dataclass(frozen=True)

@@ -100,10 +100,11 @@ class _Scaler:
 
 
 def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: MeasureConfig | None = None,
-               progress: Callable[[int], None] | None = None) -> Scan:
+               progress: Callable[[int], None] | None = None, threads: bool = True) -> Scan:
     """Decode ``path`` once: scenes with ``detector`` (a PySceneDetect detector; None: not detected)
     and the measurements of ``cfg`` (None: not measured). ``progress(n)`` is called every 64 frames
-    decoded, with the frames decoded since the last call."""
+    decoded, with the frames decoded since the last call. ``threads``: FFmpeg's decoding threads
+    (off when every core already runs a scan) and a thread of its own for the faces."""
     info = media.video_info(path)
     if info.n_frames < 1:
         raise ScanError(f"{path}: no frame")
@@ -117,27 +118,30 @@ def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: M
     scale = _Scaler()
     faces = next((m for m in measures if isinstance(m, FaceMeasure)), None)
     inline = [m for m in measures if m is not faces]
-    # MTCNN runs in its own thread (OpenCV releases the GIL), beside the decode and the other measurers
-    face_thread = ThreadPoolExecutor(1, thread_name_prefix="faces") if faces is not None else None
+    # MTCNN runs in its own thread (onnxruntime releases the GIL), beside the decode and the other measurers
+    face_thread = ThreadPoolExecutor(1, thread_name_prefix="faces") if faces is not None and threads else None
     waiting: deque[tuple[dict, Future]] = deque()
     cuts: list[int] = []
     rows: list[dict] = []
     last = -1
     decoded = 0
     try:
-        for i, frame in media.decode_all(path):
+        for i, frame in media.decode_all(path, threads):
             decoded += 1
             last = i
             if detector is not None:
                 bgr = scale(frame, det_size, "bgr24")
                 cuts += [int(c.frame_num) for c in detector.process_frame(FrameTimecode(i, fps), bgr)]
             if cfg is not None and i % step == 0:
-                gray = cv2.cvtColor(scale(frame, gray_size, "rgb24", rotation), cv2.COLOR_RGB2GRAY)
+                gray = scale(frame, gray_size, "gray", rotation)  # the luma plane, full range
                 row = measure_frame(inline, SampledFrame(i, info.times[i], gray))
                 rows.append(row)
-                if faces is not None and face_thread is not None and (i // step) % face_every == 0:
+                if faces is not None and (i // step) % face_every == 0:
                     colour = SampledFrame(i, info.times[i], gray, scale(frame, face_size, "rgb24", rotation))
-                    waiting.append((row, face_thread.submit(faces, colour)))
+                    if face_thread is None:
+                        row.update(faces(colour))
+                    else:
+                        waiting.append((row, face_thread.submit(faces, colour)))
                     while len(waiting) > FACES_IN_FLIGHT:
                         done, result = waiting.popleft()
                         done.update(result.result())

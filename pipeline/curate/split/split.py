@@ -183,7 +183,7 @@ class _ProgressLog:
 
 
 def _scan(src: Path, source: dict, rotation: int, clips_dir: Path, cfg: SplitConfig,
-          measure: MeasureConfig, out: dict[str, list[dict]]) -> tuple[list[tuple[int, int]], list[str]]:
+          measure: MeasureConfig, out: dict[str, list[dict]], threads: bool = True) -> tuple[list[tuple[int, int]], list[str]]:
     """The source's scenes, decoding it once for what is not cached yet (scenes, measurements: put
     in ``out`` under their cache file, for the parent process to write)."""
     scene_cache = clips_dir / SCENE_CACHE / f"{source['source_id']}-{cfg.detector_key()}.json"
@@ -195,7 +195,7 @@ def _scan(src: Path, source: dict, rotation: int, clips_dir: Path, cfg: SplitCon
     detector = make_detector(cfg.detector, cfg.min_scene_len, cfg.detector_options) if scenes is None else None
     t = time.perf_counter()
     scan = scan_video(src, rotation, detector, None if measure_cache.exists() else measure,
-                      progress=_ProgressLog(source["path"], int(source.get("n_frames") or 0)))
+                      progress=_ProgressLog(source["path"], int(source.get("n_frames") or 0)), threads=threads)
     seconds = time.perf_counter() - t
     log.info("split: %s: decoded %d frames in %.1f s (%.0f frames/s)%s", source["path"], scan.decoded, seconds,
              scan.decoded / max(seconds, 1e-9), "" if detector else " (scenes cached)")
@@ -210,12 +210,13 @@ def _scan(src: Path, source: dict, rotation: int, clips_dir: Path, cfg: SplitCon
 def split_source(
     source: dict, raw_root: str | os.PathLike, clips_dir: str | os.PathLike, cfg: SplitConfig,
     previous: dict[str, dict] | None = None, measure: MeasureConfig | None = None,
-    out: dict[str, list[dict]] | None = None,
+    out: dict[str, list[dict]] | None = None, threads: bool = True,
 ) -> tuple[list[dict], list[str]]:
     """Clip rows for one ``ok`` source, and log lines (dropped scenes, clip files not written).
 
     New measurements go to ``out`` (cache file -> rows) when given, else are written here. No
-    polars in here: it runs in forked workers (see ``Scan.measures``)."""
+    polars in here: it runs in forked workers (see ``Scan.measures``). ``threads``: decode with
+    threads of its own (off when one source a core is split at once)."""
     raw_root, clips_dir = Path(raw_root), Path(clips_dir)
     previous = previous or {}
     measure = measure or MeasureConfig()
@@ -223,7 +224,7 @@ def split_source(
     try:
         if source["kind"] == "image":
             return split_image(source, raw_root, clips_dir, cfg, measure, previous, pending), []
-        return _split_video(source, raw_root, clips_dir, cfg, previous, measure, pending)
+        return _split_video(source, raw_root, clips_dir, cfg, previous, measure, pending, threads)
     finally:
         if out is None:
             write_measures(pending)
@@ -236,14 +237,14 @@ def write_measures(pending: dict[str, list[dict]]) -> None:
 
 
 def _split_video(source: dict, raw_root: Path, clips_dir: Path, cfg: SplitConfig, previous: dict[str, dict],
-                 measure: MeasureConfig, out: dict[str, list[dict]]) -> tuple[list[dict], list[str]]:
+                 measure: MeasureConfig, out: dict[str, list[dict]], threads: bool = True) -> tuple[list[dict], list[str]]:
     src = raw_root / source["path"]
     info = media.video_info(src)
     times = info.times
     n = len(times)
     if n < 2:  # nothing to detect scenes in
         return [error_row(source, no_clip_reason(n, source["fps"], cfg, []), "skipped")], []
-    scenes, notes = _scan(src, source, info.rotation, clips_dir, cfg, measure, out)
+    scenes, notes = _scan(src, source, info.rotation, clips_dir, cfg, measure, out, threads)
     spans, dropped = plan_spans(scenes, n, source["fps"], cfg.min_s, cfg.max_s, cfg.trim_frames)
     notes += [f"{source['path']}: skipped {d}" for d in dropped]
     if not spans:
@@ -274,10 +275,10 @@ def read_index(clips_dir: Path) -> pl.DataFrame | None:
 
 
 def _split_one(args) -> tuple[str, list[dict], list[str], dict[str, list[dict]]]:
-    source, raw_root, clips_dir, cfg, previous, measure = args
+    source, raw_root, clips_dir, cfg, previous, measure, threads = args
     out: dict[str, list[dict]] = {}
     try:
-        rows, notes = split_source(source, raw_root, clips_dir, cfg, previous, measure, out)
+        rows, notes = split_source(source, raw_root, clips_dir, cfg, previous, measure, out, threads)
     except Exception as exc:  # noqa: BLE001 - one bad source must not stop the batch
         reason = f"split failed: {one_line(exc)}"
         return source["path"], [error_row(source, reason)], [f"{source['path']}: {reason}"], {}
@@ -318,12 +319,15 @@ def split_sources(
             prev_by_source.setdefault(r["source_id"], {})[r["clip_id"]] = r
     measure = measure or MeasureConfig()
     ok.sort(key=lambda s: -int(s.get("n_frames") or 0))  # the longest first: parallel workers end together
-    tasks = [(s, str(raw_root), str(clips_dir), cfg, prev_by_source.get(s["source_id"], {}), measure) for s in ok]
+    parallel = jobs > 1 and len(ok) > 1
+    # one source a core: each decodes without threads of its own (they would only compete for the cores)
+    threads = ray is None and not parallel
+    tasks = [(s, str(raw_root), str(clips_dir), cfg, prev_by_source.get(s["source_id"], {}), measure, threads)
+             for s in ok]
     rows: list[dict] = [error_row(s, WITHDRAWN_REASON, "skipped") for s in withdrawn]
     for s in withdrawn:
         log.info("split: %s not split: %s%s", s["path"], WITHDRAWN_REASON,
                  f" on {s['withdrawn_on']}" if s.get("withdrawn_on") else "")
-    parallel = jobs > 1 and len(tasks) > 1
     with contextlib.ExitStack() as stack:
         if ray is not None:
             results = ray.map_items(_split_one, tasks, name="split")
