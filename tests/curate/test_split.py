@@ -69,6 +69,18 @@ def test_the_one_decode_finds_pyscenedetects_scenes(name, request, tmp_path):
     assert scan_video(path, 0, _detector(), None).scenes == detect_scenes(path, _detector())
 
 
+def test_a_scan_without_threads_gives_the_same_scenes_and_rows(carphone):
+    """In parallel workers the decode and the faces run without threads of their own: nothing they
+    produce may change (faces measured inline instead of in their thread)."""
+    cfg = MeasureConfig()
+    threaded = scan_video(carphone, 0, _detector(), cfg, threads=True)
+    inline = scan_video(carphone, 0, _detector(), cfg, threads=False)
+    assert inline.decoded == threaded.decoded == 120
+    assert inline.scenes == threaded.scenes
+    assert inline.measures == threaded.measures
+    assert sum(r["face_confidence"] is not None for r in inline.measures or []) == 8
+
+
 def test_split_bikes_spans_read_from_the_source_nothing_written(tmp_path, bikes):
     raw = tmp_path / "raw"
     raw.mkdir()
