@@ -69,9 +69,12 @@ def test_the_one_decode_finds_pyscenedetects_scenes(name, request, tmp_path):
     assert scan_video(path, 0, _detector(), None).scenes == detect_scenes(path, _detector())
 
 
-def test_a_scan_without_threads_gives_the_same_scenes_and_rows(carphone):
+@pytest.mark.parametrize("in_flight", [8, 1])
+def test_a_scan_without_threads_gives_the_same_scenes_and_rows(carphone, monkeypatch, in_flight):
     """In parallel workers the decode and the faces run without threads of their own: nothing they
-    produce may change (faces measured inline instead of in their thread)."""
+    produce may change (faces measured inline instead of in their thread; with one frame in flight,
+    the decoding thread measures every frame the face thread is not free for, so the two mix)."""
+    monkeypatch.setattr("pipeline.curate.measure.scan.FACES_IN_FLIGHT", in_flight)
     cfg = MeasureConfig()
     threaded = scan_video(carphone, 0, _detector(), cfg, threads=True)
     inline = scan_video(carphone, 0, _detector(), cfg, threads=False)

@@ -39,7 +39,8 @@ from pipeline.curate.measure.measures import FaceMeasure, SampledFrame, make_mea
 log = logging.getLogger(__name__)
 
 DETECTION_WIDTH = 256  # PySceneDetect's DEFAULT_MIN_WIDTH: frames are downscaled to about this long side
-FACES_IN_FLIGHT = 8  # colour frames waiting for the face thread at most (about 0.3 MB each)
+FACES_IN_FLIGHT = 8  # colour frames waiting for the face thread at most (about 0.3 MB each); beyond, the
+# decoding thread looks for the faces itself
 
 
 class ScanError(RuntimeError):
@@ -138,11 +139,13 @@ def scan_video(path: str | os.PathLike, rotation: int = 0, detector=None, cfg: M
                 rows.append(row)
                 if faces is not None and (i // step) % face_every == 0:
                     colour = SampledFrame(i, info.times[i], gray, scale(frame, face_size, "rgb24", rotation))
-                    if face_thread is None:
+                    if face_thread is None or len(waiting) >= FACES_IN_FLIGHT:
+                        # inline: without threads, or while the face thread is behind (rather than wait for
+                        # it with a core idle: on a small video the faces cost more than all the rest)
                         row.update(faces(colour))
                     else:
                         waiting.append((row, face_thread.submit(faces, colour)))
-                    while len(waiting) > FACES_IN_FLIGHT:
+                    while waiting and waiting[0][1].done():
                         done, result = waiting.popleft()
                         done.update(result.result())
             if progress is not None and decoded % 64 == 0:
