@@ -267,15 +267,15 @@ def summarise(runs: list[dict], sides: list[str], cores: int) -> dict:
                                           for k in STAGES if any(k in r["steps"] for r in ours)}
         out["ours"]["stages_median_s"]["startup+other"] = _med(
             [r["wall_s"] - sum(r["steps"].values()) for r in ours])
-    ratios = [p["ours"]["wall_s"] / p["theirs"]["wall_s"] for p in runs if "ours" in p and "theirs" in p]
+    both = [p for p in runs if "ours" in p and "theirs" in p]
+    ratios = [p["ours"]["wall_s"] / p["theirs"]["wall_s"] for p in both]
     if ratios:
         out["ratios"] = ratios
         out["ratio_median"] = _med(ratios)
         out["ratio_min"], out["ratio_max"] = min(ratios), max(ratios)
         out["ratio_of_medians"] = out["ours"]["wall_s_median"] / out["theirs"]["wall_s_median"]
         # the least ratio ours' CPU time allows: every core busy from start to end (cpu_s / cores / theirs' wall)
-        bounds = [p["ours"]["cpu_s"] / cores / p["theirs"]["wall_s"] for p in runs if "ours" in p and "theirs" in p]
-        out["ratio_cpu_bound_median"] = _med(bounds)
+        out["ratio_cpu_bound_median"] = _med([p["ours"]["cpu_s"] / cores / p["theirs"]["wall_s"] for p in both])
     return out
 
 
@@ -322,9 +322,10 @@ def markdown(results: dict, cores: int) -> str:
         o, t = s.get("ours"), s.get("theirs")
         what = f"{name} ({len(vids)} video{'s' if len(vids) > 1 else ''}, {sum(v['duration_s'] for v in vids):.0f} s)"
         ratio = f"{s['ratio_median']:.2f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})" if "ratio_median" in s else "–"
+        bound = f"{s['ratio_cpu_bound_median']:.2f}" if "ratio_cpu_bound_median" in s else "–"
         lines.append(f"| {what} | {side(o, 'wall_s_median', '.1f')} | {side(t, 'wall_s_median', '.1f')} | {ratio} "
                      f"| {side(o, 'peak_pss_mib_max', '.0f')} / {side(t, 'peak_pss_mib_max', '.0f')} "
-                     f"| {side(s, 'ratio_cpu_bound_median', '.2f') if 'ratio_cpu_bound_median' in s else '–'} "
+                     f"| {bound} "
                      f"| {side(o, 'clips', 'd')} / {side(t, 'clips', 'd')} "
                      f"| {_fmt_load(res['load_before'])} → {_fmt_load(res['load_after'])} |")
         if o and "stages_median_s" in o:
